@@ -1,0 +1,143 @@
+"""The one exception tree of tidekv.
+
+Every error the package raises on purpose is a :class:`TideError`. Each class carries a
+stable machine ``code`` (the ``error.code`` of the HTTP API), the HTTP status that fits,
+and the CLI exit code, so the edges (HTTP server, CLI) convert errors in exactly one
+place and never show a stack trace::
+
+    TideError                       code               http  cli
+    ├── InvalidInput                invalid_input      400   2
+    │   ├── InvalidKey              invalid_key        400   2
+    │   ├── InvalidValue            invalid_value      400   2
+    │   │   └── InvalidJSON         invalid_json       400   2
+    │   ├── InvalidVersionId        invalid_version    400   2
+    │   └── ValueTooLarge           too_large          413   2
+    │       └── KeyTooLarge         too_large          413   2
+    ├── NotFound                    not_found          404   1
+    │   ├── KeyNotFound             not_found          404   1
+    │   └── VersionNotFound         version_not_found  404   1
+    ├── PreconditionFailed          precondition_failed 412  1
+    ├── Conflict                    conflict           409   1
+    ├── Unavailable                 unavailable        503   1
+    ├── StoreClosed                 closed             503   1
+    └── StorageError                storage_error      500   1
+        └── CorruptionError         corruption         500   1
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TideError(Exception):
+    """Base of every error tidekv raises on purpose."""
+
+    code: str = "internal"
+    http_status: int = 500
+    exit_code: int = 1
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error body of the HTTP API: ``{"error": {"code", "message", ...}}``."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body.update(self.details)
+        return {"error": body}
+
+
+class InvalidInput(TideError):
+    code = "invalid_input"
+    http_status = 400
+    exit_code = 2
+
+
+class InvalidKey(InvalidInput):
+    code = "invalid_key"
+
+
+class InvalidValue(InvalidInput):
+    code = "invalid_value"
+
+
+class InvalidJSON(InvalidValue):
+    code = "invalid_json"
+
+
+class InvalidVersionId(InvalidInput):
+    code = "invalid_version"
+
+
+class ValueTooLarge(InvalidInput):
+    code = "too_large"
+    http_status = 413
+
+
+class KeyTooLarge(ValueTooLarge):
+    """A key longer than the configured limit (413 like an oversized value)."""
+
+
+class NotFound(TideError):
+    code = "not_found"
+    http_status = 404
+    exit_code = 1
+
+
+class KeyNotFound(NotFound):
+    pass
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class PreconditionFailed(TideError):
+    code = "precondition_failed"
+    http_status = 412
+
+
+class Conflict(TideError):
+    code = "conflict"
+    http_status = 409
+
+
+class Unavailable(TideError):
+    code = "unavailable"
+    http_status = 503
+
+
+class StoreClosed(TideError):
+    code = "closed"
+    http_status = 503
+
+
+class StorageError(TideError):
+    code = "storage_error"
+    http_status = 500
+
+
+class CorruptionError(StorageError):
+    code = "corruption"
+
+
+__all__ = [
+    "Conflict",
+    "CorruptionError",
+    "InvalidInput",
+    "InvalidJSON",
+    "InvalidKey",
+    "InvalidValue",
+    "InvalidVersionId",
+    "KeyNotFound",
+    "KeyTooLarge",
+    "NotFound",
+    "PreconditionFailed",
+    "StorageError",
+    "StoreClosed",
+    "TideError",
+    "Unavailable",
+    "ValueTooLarge",
+    "VersionNotFound",
+]
