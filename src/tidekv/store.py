@@ -1,0 +1,586 @@
+"""The embedded versioned store: ``tidekv.open(path, engine="lsm")``.
+
+A :class:`Store` validates input, stamps each change with the hybrid logical clock and
+the store's origin, and hands it to the :class:`~tidekv.statemachine.StateMachine`,
+which writes the change as one atomic engine batch. Reads go straight to the engine.
+
+Thread safety: writes are serialised by one lock (the HLC and the revision counter are
+shared state); reads take no lock (every record they read is written atomically, and
+version records never change once written).
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from tidekv.errors import (
+    InvalidInput,
+    InvalidKey,
+    InvalidValue,
+    KeyNotFound,
+    KeyTooLarge,
+    StoreClosed,
+    ValueTooLarge,
+    VersionNotFound,
+)
+from tidekv.statemachine import (
+    Change,
+    KeyRecord,
+    StateMachine,
+    WriteCommand,
+    WriteResult,
+    meta_key,
+    verify,
+)
+from tidekv.storage import Engine, open_engine, prefix_end
+from tidekv.versioning import (
+    BYTES_CONTENT_TYPE,
+    HLC,
+    JSON_CONTENT_TYPE,
+    Diff,
+    HLCTimestamp,
+    Version,
+    check_version_id,
+    diff_values,
+    heads_of,
+    history,
+    is_json_type,
+    validate_json,
+)
+
+DEFAULT_MAX_KEY_BYTES = 1024
+DEFAULT_MAX_VALUE_BYTES = 1 << 20
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+
+builtins_open = builtins.open
+
+
+def wall_clock_ms() -> int:
+    """Physical time in milliseconds since the Unix epoch (the store's default clock)."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A key's value as read: the content and the version it belongs to."""
+
+    key: str
+    value: bytes
+    content_type: str
+    version: str
+    revision: int
+    hlc: HLCTimestamp
+    siblings: int = 1
+
+    def json(self) -> Any:
+        """The value parsed as JSON."""
+        return msgspec.json.decode(self.value)
+
+    def text(self) -> str:
+        return self.value.decode()
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """A version with the revision at which this store applied it."""
+
+    version: Version
+    revision: int
+
+    def to_dict(self) -> dict[str, object]:
+        d = self.version.to_dict()
+        d["revision"] = self.revision
+        return d
+
+
+AsOf = int | dt.datetime | str | None
+
+
+class Store:
+    """A versioned key-value and document store on one storage engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        origin: str | None = None,
+        resolver: str = "lww",
+        sync: bool = True,
+        max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        clock: Callable[[], int] = wall_clock_ms,
+        author: str = "",
+    ) -> None:
+        self.engine = engine
+        self.max_key_bytes = max_key_bytes
+        self.max_value_bytes = max_value_bytes
+        self.author = author
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._closed = False
+        self.sm = StateMachine(engine, resolver=resolver, sync=sync)
+        self.origin = self._load_origin(origin)
+        self._hlc = HLC(self.sm.clock)
+
+    def _load_origin(self, wanted: str | None) -> str:
+        stored = self.engine.get(meta_key("origin"))
+        if stored is not None and wanted is None:
+            return stored.decode()
+        origin = wanted or secrets.token_hex(8)
+        if stored is None or stored.decode() != origin:
+            self.engine.put(meta_key("origin"), origin.encode(), sync=True)
+        return origin
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.engine.close()
+                self._changed.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("the store is closed")
+
+    def verify(self) -> dict[str, int]:
+        """Check the store's internal consistency (raises CorruptionError)."""
+        with self._lock:
+            self._check_open()
+            return verify(self.sm)
+
+    @property
+    def revision(self) -> int:
+        """The revision of the newest change."""
+        return self.sm.revision
+
+    # -- validation -------------------------------------------------------------
+
+    def check_key(self, key: object) -> str:
+        if not isinstance(key, str):
+            raise InvalidKey(f"a key must be a string, not {type(key).__name__}")
+        if not key:
+            raise InvalidKey("the key is empty")
+        try:
+            size = len(key.encode())
+        except UnicodeEncodeError:
+            raise InvalidKey("the key is not valid UTF-8") from None
+        if size > self.max_key_bytes:
+            raise KeyTooLarge(
+                f"the key is {size} bytes; the limit is {self.max_key_bytes}",
+                size=size,
+                limit=self.max_key_bytes,
+            )
+        return key
+
+    def encode_value(self, value: object, content_type: str | None) -> tuple[bytes, str]:
+        """Bytes and content type for ``value``: bytes as given, ``str`` as UTF-8 text,
+        anything else as a JSON document. A JSON content type must hold valid JSON."""
+        if isinstance(value, bytes | bytearray | memoryview):
+            data = bytes(value)
+            ctype = content_type or BYTES_CONTENT_TYPE
+        elif isinstance(value, str):
+            data = value.encode()
+            ctype = content_type or TEXT_CONTENT_TYPE
+        else:
+            if content_type is not None and not is_json_type(content_type):
+                raise InvalidValue(
+                    f"a {type(value).__name__} value can only be stored as JSON, "
+                    f"not as {content_type!r}"
+                )
+            try:
+                data = msgspec.json.encode(value)
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise InvalidValue(f"the value cannot be encoded as JSON: {exc}") from None
+            ctype = content_type or JSON_CONTENT_TYPE
+        if len(data) > self.max_value_bytes:
+            raise ValueTooLarge(
+                f"the value is {len(data)} bytes; the limit is {self.max_value_bytes}",
+                size=len(data),
+                limit=self.max_value_bytes,
+            )
+        if is_json_type(ctype):
+            validate_json(data)
+        return data, ctype
+
+    # -- writes -----------------------------------------------------------------
+
+    def _write(
+        self,
+        key: str,
+        value: bytes | None,
+        content_type: str,
+        *,
+        if_match: str | None,
+        if_none_match: bool,
+        author: str | None,
+        require_exists: bool = False,
+    ) -> WriteResult:
+        if if_match is not None:
+            check_version_id(if_match)
+        with self._lock:
+            self._check_open()
+            hlc = self._hlc.now(self._clock())
+            result = self.sm.apply(
+                WriteCommand(
+                    key=key,
+                    value=value,
+                    content_type=content_type,
+                    hlc=hlc,
+                    origin=self.origin,
+                    author=self.author if author is None else author,
+                    if_match=if_match,
+                    if_none_match=if_none_match,
+                    require_exists=require_exists,
+                )
+            )
+            self._changed.notify_all()
+            return result
+
+    def put(
+        self,
+        key: str,
+        value: object,
+        *,
+        content_type: str | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        author: str | None = None,
+    ) -> WriteResult:
+        """Write a new version of ``key``.
+
+        ``value``: bytes (stored as given), str (UTF-8 text) or any JSON-encodable object
+        (a JSON document). ``if_match``: write only if that version is the key's sole
+        current head; ``if_none_match``: write only if the key is absent.
+        """
+        key = self.check_key(key)
+        data, ctype = self.encode_value(value, content_type)
+        return self._write(
+            key, data, ctype, if_match=if_match, if_none_match=if_none_match, author=author
+        )
+
+    def delete(
+        self, key: str, *, if_match: str | None = None, author: str | None = None
+    ) -> WriteResult:
+        """Write a tombstone version (history is kept). 404 when there is nothing to delete."""
+        key = self.check_key(key)
+        return self._write(
+            key,
+            None,
+            BYTES_CONTENT_TYPE,
+            if_match=if_match,
+            if_none_match=False,
+            author=author,
+            require_exists=True,
+        )
+
+    def rollback(
+        self, key: str, to: str, *, if_match: str | None = None, author: str | None = None
+    ) -> WriteResult:
+        """A new version with the content of version ``to`` whose parents are the current
+        heads (rolling back to a tombstone deletes the key again)."""
+        key = self.check_key(key)
+        target = self._version_of(key, to)
+        value = self.sm.value_of(target)
+        return self._write(
+            key,
+            value,
+            target.content_type,
+            if_match=if_match,
+            if_none_match=False,
+            author=author,
+        )
+
+    # -- reads ------------------------------------------------------------------
+
+    def _record(self, key: str) -> KeyRecord | None:
+        self._check_open()
+        return self.sm.key_record(self.check_key(key))
+
+    def get(self, key: str, *, version: str | None = None, as_of: AsOf = None) -> Item:
+        """The current value of ``key`` (or a given ``version``, or the value ``as_of`` a
+        revision number, a datetime or an RFC 3339 string). Raises :class:`KeyNotFound`."""
+        if version is not None:
+            return self.get_version(key, version)
+        if as_of is not None:
+            return self._get_as_of(key, as_of)
+        rec = self._record(key)
+        if rec is None or rec.deleted or rec.value is None:
+            raise KeyNotFound(f"key {key!r} not found", key=key)
+        return Item(
+            key=key,
+            value=rec.value,
+            content_type=rec.content_type,
+            version=rec.version,
+            revision=rec.revision,
+            hlc=HLCTimestamp(rec.hlc_wall, rec.hlc_logical),
+            siblings=len(rec.heads),
+        )
+
+    def heads(self, key: str) -> list[str]:
+        """The key's current head version ids (several = siblings)."""
+        rec = self._record(key)
+        return [] if rec is None else list(rec.heads)
+
+    def _version_of(self, key: str, version_id: str) -> Version:
+        check_version_id(version_id)
+        self._check_open()
+        got = self.sm.lookup(version_id)
+        if got is None or got.key != key:
+            raise VersionNotFound(
+                f"version {version_id} of key {key!r} not found", key=key, version=version_id
+            )
+        return got
+
+    def get_version(self, key: str, version_id: str) -> Item:
+        """The content of one version. A tombstone version raises :class:`KeyNotFound`."""
+        key = self.check_key(key)
+        v = self._version_of(key, version_id)
+        rec = self.sm.version_record(version_id)
+        assert rec is not None
+        value = self.sm.value_of(v)
+        if value is None:
+            raise KeyNotFound(
+                f"version {version_id} of {key!r} is a deletion", key=key, version=version_id
+            )
+        return Item(key, value, v.content_type, v.id, rec[0], v.hlc)
+
+    def history(
+        self, key: str, *, limit: int | None = None, before: str | None = None
+    ) -> list[VersionInfo]:
+        """The key's versions, newest first (a child always before its parents).
+        ``before``: continue after that version (pagination)."""
+        rec = self._record(key)
+        if rec is None:
+            raise KeyNotFound(f"key {key!r} not found", key=key)
+        revs: dict[str, int] = {}
+
+        def lookup(vid: str) -> Version | None:
+            got = self.sm.version_record(vid)
+            if got is None:
+                return None
+            revs[vid] = got[0]
+            return got[1]
+
+        if before is not None:
+            check_version_id(before)
+        versions = history(rec.heads, lookup)
+        if before is not None:
+            ids = [v.id for v in versions]
+            if before not in ids:
+                raise VersionNotFound(
+                    f"version {before} of key {key!r} not found", key=key, version=before
+                )
+            versions = versions[ids.index(before) + 1 :]
+        if limit is not None:
+            versions = versions[:limit]
+        return [VersionInfo(v, revs[v.id]) for v in versions]
+
+    def _get_as_of(self, key: str, as_of: AsOf) -> Item:
+        """The resolved value at a past revision or time: the heads of the versions that
+        existed then, resolved like the present."""
+        by_revision = isinstance(as_of, int) and not isinstance(as_of, bool)
+        if by_revision:
+            assert isinstance(as_of, int)
+            if as_of < 0:
+                raise InvalidInput(f"revision {as_of} is negative")
+            cutoff = as_of
+        else:
+            cutoff = parse_time(as_of)  # bad input fails before any lookup
+        all_versions = self.history(key)
+        if by_revision:
+            keep = [vi.version for vi in all_versions if vi.revision <= cutoff]
+        else:
+            keep = [vi.version for vi in all_versions if vi.version.hlc.wall <= cutoff]
+        revs = {vi.version.id: vi.revision for vi in all_versions}
+        if not keep:
+            raise KeyNotFound(f"key {key!r} did not exist at {as_of}", key=key)
+        res = self.sm.resolver.resolve(heads_of(keep), self.sm.value_of)
+        if res.value is None or res.version is None:
+            raise KeyNotFound(f"key {key!r} was deleted at {as_of}", key=key)
+        v = res.version
+        return Item(key, res.value, res.content_type, v.id, revs[v.id], v.hlc, res.siblings)
+
+    def scan(
+        self,
+        prefix: str | None = None,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Item]:
+        """Current values in key order: keys starting with ``prefix`` and/or in
+        ``[start, end)``; deleted keys are skipped."""
+        self._check_open()
+        lo = (prefix or "").encode()
+        hi_prefix = prefix_end(b"K" + lo) if prefix else None
+        if start is not None and start.encode() > lo:
+            lo = start.encode()
+        hi = hi_prefix
+        if end is not None:
+            end_k = b"K" + end.encode()
+            hi = end_k if hi is None or end_k < hi else hi
+        if hi is None:
+            hi = prefix_end(b"K")
+        if limit is not None and limit < 0:
+            raise InvalidInput("limit must not be negative")
+        n = 0
+        for key, rec in self.sm.scan_keys(lo, hi):
+            if limit is not None and n >= limit:
+                return
+            if rec.deleted or rec.value is None:
+                continue
+            n += 1
+            yield Item(
+                key,
+                rec.value,
+                rec.content_type,
+                rec.version,
+                rec.revision,
+                HLCTimestamp(rec.hlc_wall, rec.hlc_logical),
+                len(rec.heads),
+            )
+
+    def diff(self, key: str, from_version: str, to_version: str | None = None) -> Diff:
+        """What changed between two versions (``to_version`` defaults to the current one)."""
+        key = self.check_key(key)
+        old = self._version_of(key, from_version)
+        if to_version is None:
+            rec = self._record(key)
+            if rec is None:
+                raise KeyNotFound(f"key {key!r} not found", key=key)
+            to_version = rec.version
+        new = self._version_of(key, to_version)
+        return diff_values(
+            self.sm.value_of(old), old.content_type, self.sm.value_of(new), new.content_type
+        )
+
+    def changes(
+        self, since: int = 0, *, follow: bool = False, timeout: float | None = None
+    ) -> Iterator[Change]:
+        """Changes with a revision greater than ``since``, in order. With ``follow`` the
+        iterator waits for new changes (until ``timeout`` seconds pass with none, or
+        the store closes)."""
+        if since < 0:
+            raise InvalidInput("since must not be negative")
+        while True:
+            self._check_open()
+            for change in self.sm.changes(since):
+                since = change.revision
+                yield change
+            if not follow:
+                return
+            with self._changed:
+                if self._closed:
+                    return
+                if self.sm.revision <= since and not self._changed.wait_for(
+                    lambda seen=since: self._closed or self.sm.revision > seen, timeout
+                ):
+                    return
+
+
+def parse_time(when: dt.datetime | str | object) -> int:
+    """Milliseconds since the epoch of a datetime or an RFC 3339 string."""
+    if isinstance(when, str):
+        try:
+            when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(
+                f"{when!r} is neither a revision number nor an RFC 3339 time"
+            ) from None
+    if not isinstance(when, dt.datetime):
+        raise InvalidInput(f"as_of must be a revision or a time, not {type(when).__name__}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+MARKER_FILE = "tidekv.json"
+DEFAULT_ENGINE = "lsm"
+
+
+def _engine_for(path: str, engine: str | None) -> str:
+    """The engine of the store in ``path``: recorded in its marker file on creation, so
+    a store is always reopened with the engine that wrote it."""
+    import json
+    import os
+
+    marker = os.path.join(path, MARKER_FILE)
+    try:
+        with builtins_open(marker, encoding="utf-8") as f:
+            recorded = str(json.load(f)["engine"])
+    except FileNotFoundError:
+        recorded = None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"{marker} is not a tidekv store marker: {exc}") from None
+    if recorded is not None:
+        if engine is not None and engine != recorded:
+            raise InvalidInput(
+                f"the store in {path} uses the {recorded!r} engine, not {engine!r}",
+                engine=engine,
+            )
+        return recorded
+    chosen = engine or DEFAULT_ENGINE
+    from tidekv.storage import engine_class
+
+    engine_class(chosen)  # unknown engine names fail before anything is created
+    if chosen != "memory":
+        os.makedirs(path, exist_ok=True)
+        tmp = marker + ".tmp"
+        with builtins_open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"engine": chosen, "format": 1}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, marker)
+    return chosen
+
+
+def open(
+    path: str,
+    engine: str | None = None,
+    *,
+    engine_options: dict[str, Any] | None = None,
+    **store_options: Any,
+) -> Store:
+    """Open (creating when needed) an embedded store in directory ``path``.
+
+    ``engine``: "lsm" (RocksDB, the default for a new store), "btree" (LMDB), "hash"
+    (Bitcask-style) or "memory" (not durable; ``path`` is ignored). An existing store
+    reopens with the engine that created it. Store options: ``sync`` (default True:
+    every write is fsynced before it returns), ``origin``, ``resolver``,
+    ``max_key_bytes``, ``max_value_bytes``, ``author``, ``clock``.
+    """
+    import os
+
+    if engine == "memory":
+        eng = open_engine("memory", None, **(engine_options or {}))
+    else:
+        name = _engine_for(path, engine)
+        eng = open_engine(name, os.path.join(path, "data"), **(engine_options or {}))
+    try:
+        return Store(eng, **store_options)
+    except BaseException:
+        eng.close()
+        raise
