@@ -495,9 +495,11 @@ class Store:
             with self._changed:
                 if self._closed:
                     return
-                if self.sm.revision <= since and not self._changed.wait_for(
-                    lambda seen=since: self._closed or self.sm.revision > seen, timeout
-                ):
+
+                def advanced(seen: int = since) -> bool:
+                    return self._closed or self.sm.revision > seen
+
+                if self.sm.revision <= since and not self._changed.wait_for(advanced, timeout):
                     return
 
 
