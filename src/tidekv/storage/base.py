@@ -12,13 +12,19 @@ call returns only once the change survives a power loss (fsync or equivalent).
 ``sync()`` makes every earlier write durable. Writes without sync may be lost by a
 crash, but never torn: an engine reopens to a state that is a prefix of the writes
 it acknowledged (a batch is one unit in that prefix).
+
+Readers: a single ``get`` sees a value from before or after a concurrent batch, never a
+torn value. ``scan`` and ``multi_get`` are NOT snapshots: while a batch is being
+written, a scan may see some of its keys and not others (the embedded store never
+relies on this: every cross-record invariant it keeps is per key record, and version
+records are immutable).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 Op = tuple[bytes, bytes | None]
 """One write-batch operation: ``(key, value)``, ``value is None`` deletes ``key``."""
@@ -107,7 +113,14 @@ class Engine(ABC):
             self.close()
         return open_engine(self.name, self.path, **self.options)
 
-    def __enter__(self) -> Engine:
+    def stats(self) -> dict[str, int]:
+        """Engine-specific counters (sizes, live keys, ...); empty when it has none."""
+        return {}
+
+    def compact(self) -> None:
+        """Reclaim space held by overwritten and deleted records (no-op by default)."""
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
