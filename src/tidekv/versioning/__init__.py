@@ -1,0 +1,95 @@
+"""tidekv.versioning: the pure versioning core.
+
+- :mod:`~tidekv.versioning.hlc`: hybrid logical clock time stamps and the clock.
+- :mod:`~tidekv.versioning.version`: the :class:`Version` record, its content-derived id,
+  value digests, JSON validation.
+- :mod:`~tidekv.versioning.dag`: per-key DAG queries (heads, ancestors, common
+  ancestor, history order) over a lookup function.
+- :mod:`~tidekv.versioning.resolve`: sibling resolution policies (last-write-wins, manual).
+- :mod:`~tidekv.versioning.diff`: diffs between two values (JSON Patch, lines, bytes).
+
+Pure: no I/O, no clocks, no randomness; physical time is an argument.
+"""
+
+from __future__ import annotations
+
+from tidekv.versioning.dag import (
+    Lookup,
+    add_head,
+    ancestors,
+    common_ancestor,
+    heads_of,
+    history,
+    is_ancestor,
+    order_key,
+)
+from tidekv.versioning.diff import Diff, diff_values, is_json_type, is_text_type
+from tidekv.versioning.hlc import (
+    HLC,
+    MAX_LOGICAL,
+    MAX_WALL,
+    ZERO,
+    ClockOffsetTooLarge,
+    HLCTimestamp,
+)
+from tidekv.versioning.resolve import (
+    RESOLVERS,
+    LastWriteWins,
+    Load,
+    Manual,
+    Resolution,
+    Resolver,
+    get_resolver,
+)
+from tidekv.versioning.version import (
+    BYTES_CONTENT_TYPE,
+    JSON_CONTENT_TYPE,
+    VERSION_ID_LENGTH,
+    Version,
+    canonical_version_bytes,
+    check_version_id,
+    compute_version_id,
+    is_version_id,
+    make_version,
+    validate_json,
+    value_digest,
+)
+
+__all__ = [
+    "BYTES_CONTENT_TYPE",
+    "HLC",
+    "JSON_CONTENT_TYPE",
+    "MAX_LOGICAL",
+    "MAX_WALL",
+    "RESOLVERS",
+    "VERSION_ID_LENGTH",
+    "ZERO",
+    "ClockOffsetTooLarge",
+    "Diff",
+    "HLCTimestamp",
+    "LastWriteWins",
+    "Load",
+    "Lookup",
+    "Manual",
+    "Resolution",
+    "Resolver",
+    "Version",
+    "add_head",
+    "ancestors",
+    "canonical_version_bytes",
+    "check_version_id",
+    "common_ancestor",
+    "compute_version_id",
+    "diff_values",
+    "get_resolver",
+    "heads_of",
+    "history",
+    "is_ancestor",
+    "is_json_type",
+    "is_text_type",
+    "is_version_id",
+    "make_version",
+    "order_key",
+    "validate_json",
+    "value_digest",
+]

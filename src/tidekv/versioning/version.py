@@ -1,0 +1,348 @@
+"""Versions: the immutable record of one change to one key, and its content-derived id.
+
+A :class:`Version` names its key, its parent versions (the heads it replaced), its HLC
+time, the site that made it, the author, and the digest / size / content type of its
+value (a tombstone has no value). Its ``id`` is a hash over a canonical encoding of all
+of that (see :func:`compute_version_id`), so the same change gets the same id on every
+site and in every Python run, and any different change gets a different id.
+
+Also here: :func:`validate_json` (a JSON document must parse before it is stored).
+Pure: hashing and (de)serialisation only, no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from tidekv.errors import InvalidInput, InvalidJSON, InvalidVersionId
+from tidekv.versioning.hlc import HLCTimestamp
+
+__all__ = [
+    "BYTES_CONTENT_TYPE",
+    "JSON_CONTENT_TYPE",
+    "VERSION_ID_LENGTH",
+    "Version",
+    "canonical_version_bytes",
+    "check_version_id",
+    "compute_version_id",
+    "is_version_id",
+    "make_version",
+    "validate_json",
+    "value_digest",
+]
+
+JSON_CONTENT_TYPE = "application/json"
+BYTES_CONTENT_TYPE = "application/octet-stream"
+
+VERSION_ID_LENGTH = 40
+"""Hex characters shown of the 256-bit hash: 160 bits."""
+
+_ID_DOMAIN = b"tidekv.version-id\x00"  # domain separation: these bytes hash nothing else
+_ID_FORMAT = 1  # bump when the canonical encoding changes (old ids stay valid as strings)
+_RECORD_FORMAT = 1  # the first element of an encoded Version record
+_U32 = struct.Struct(">I")
+_ID_RE = re.compile(r"[0-9a-f]{40}")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def is_version_id(text: str) -> bool:
+    """True when ``text`` is 40 lowercase hex characters."""
+    return isinstance(text, str) and _ID_RE.fullmatch(text) is not None
+
+
+def check_version_id(text: str) -> str:
+    """Return ``text`` if it is a version id, else raise :class:`InvalidVersionId` that
+    says what is wrong with it."""
+    if is_version_id(text):
+        return text
+    if not isinstance(text, str):
+        raise InvalidVersionId(f"a version id is a string, got {type(text).__name__}")
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    if len(text) != VERSION_ID_LENGTH:
+        raise InvalidVersionId(
+            f"version id {shown!r} has {len(text)} characters; a version id is "
+            f"{VERSION_ID_LENGTH} lowercase hex characters",
+            version=shown,
+        )
+    for i, ch in enumerate(text):
+        if ch not in "0123456789abcdef":
+            what = "an uppercase" if ch in "ABCDEF" else "a non-hex"
+            raise InvalidVersionId(
+                f"version id {shown!r} has {what} character {ch!r} at position {i}; "
+                f"a version id is {VERSION_ID_LENGTH} lowercase hex characters",
+                version=shown,
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def value_digest(value: bytes) -> str:
+    """The hex SHA-256 of a value."""
+    return hashlib.sha256(value).hexdigest()
+
+
+def _utf8(name: str, text: str) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidInput(f"{name} must be a string, got {type(text).__name__}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{name} is not valid Unicode text: {exc.reason}") from exc
+
+
+def _field(data: bytes) -> bytes:
+    return _U32.pack(len(data)) + data
+
+
+def canonical_version_bytes(
+    key: str,
+    parents: Sequence[str],
+    digest: str,
+    hlc: HLCTimestamp,
+    origin: str,
+    *,
+    deleted: bool,
+    content_type: str,
+    author: str,
+) -> bytes:
+    """The exact bytes a version id hashes.
+
+    Layout (every string UTF-8 with a 4-byte big-endian length before it, so no two
+    different inputs can produce the same bytes)::
+
+        "tidekv.version-id\\0"   domain tag
+        0x01                    format version
+        key
+        u32 number of parents, then each parent (sorted, duplicates removed)
+        digest
+        hlc                     10 bytes (HLCTimestamp.encode)
+        origin
+        0x00 | 0x01             deleted
+        content_type
+        author
+    """
+    parts = [_ID_DOMAIN, bytes([_ID_FORMAT]), _field(_utf8("key", key))]
+    unique = sorted(set(parents))
+    parts.append(_U32.pack(len(unique)))
+    parts.extend(_field(_utf8("parent", p)) for p in unique)
+    parts.append(_field(_utf8("digest", digest)))
+    parts.append(hlc.encode())
+    parts.append(_field(_utf8("origin", origin)))
+    parts.append(b"\x01" if deleted else b"\x00")
+    parts.append(_field(_utf8("content_type", content_type)))
+    parts.append(_field(_utf8("author", author)))
+    return b"".join(parts)
+
+
+def compute_version_id(
+    key: str,
+    parents: Sequence[str],
+    digest: str,
+    hlc: HLCTimestamp,
+    origin: str,
+    *,
+    deleted: bool,
+    content_type: str,
+    author: str,
+) -> str:
+    """The first 40 hex characters of SHA-256 over :func:`canonical_version_bytes`.
+
+    Parents are a set: their order and repetitions do not change the id."""
+    data = canonical_version_bytes(
+        key,
+        parents,
+        digest,
+        hlc,
+        origin,
+        deleted=deleted,
+        content_type=content_type,
+        author=author,
+    )
+    return hashlib.sha256(data).hexdigest()[:VERSION_ID_LENGTH]
+
+
+class _Record(msgspec.Struct, array_like=True, frozen=True):
+    """The wire/disk layout of a Version: a msgpack array in this field order; ids and
+    the digest as raw bytes (20 and 32), not hex."""
+
+    format: int
+    id: bytes
+    key: str
+    parents: list[bytes]
+    wall: int
+    logical: int
+    origin: str
+    author: str
+    content_type: str
+    digest: bytes
+    size: int
+    deleted: bool
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(_Record)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One immutable change to one key. Construct with :func:`make_version`.
+
+    The constructor checks the shape (id and parent ids well formed, parents sorted and
+    unique, tombstone fields consistent); it does not recompute the id — use
+    :meth:`recompute_id` to check integrity.
+    """
+
+    id: str  # 40 lowercase hex chars
+    key: str
+    parents: tuple[str, ...]  # sorted, no duplicates
+    hlc: HLCTimestamp
+    origin: str  # site/node id that created it
+    author: str  # "" when unknown
+    content_type: str
+    digest: str  # hex sha256 of the value bytes ("" for a tombstone)
+    size: int  # value length in bytes (0 for a tombstone)
+    deleted: bool  # tombstone
+
+    def __post_init__(self) -> None:
+        check_version_id(self.id)
+        if not isinstance(self.parents, tuple):
+            raise InvalidInput("Version.parents must be a tuple")
+        for p in self.parents:
+            check_version_id(p)
+        if list(self.parents) != sorted(set(self.parents)):
+            raise InvalidInput("Version.parents must be sorted and without duplicates")
+        if self.id in self.parents:
+            raise InvalidInput(f"version {self.id} cannot be its own parent")
+        if not isinstance(self.hlc, HLCTimestamp):
+            raise InvalidInput("Version.hlc must be an HLCTimestamp")
+        for name in ("key", "origin", "author", "content_type", "digest"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidInput(f"Version.{name} must be a string")
+        if type(self.deleted) is not bool:
+            raise InvalidInput("Version.deleted must be a bool")
+        if type(self.size) is not int or self.size < 0:
+            raise InvalidInput(f"Version.size must be a non-negative int, got {self.size!r}")
+        if self.deleted:
+            if self.digest or self.size:
+                raise InvalidInput("a tombstone version has digest '' and size 0")
+        elif _DIGEST_RE.fullmatch(self.digest) is None:
+            raise InvalidInput(f"Version.digest must be 64 lowercase hex chars: {self.digest!r}")
+
+    def recompute_id(self) -> str:
+        """The id these fields hash to; equals ``id`` unless the record was tampered with."""
+        return compute_version_id(
+            self.key,
+            self.parents,
+            self.digest,
+            self.hlc,
+            self.origin,
+            deleted=self.deleted,
+            content_type=self.content_type,
+            author=self.author,
+        )
+
+    def encode(self) -> bytes:
+        """A compact msgpack record; :meth:`decode` gives back an equal Version."""
+        return _ENCODER.encode(
+            _Record(
+                _RECORD_FORMAT,
+                bytes.fromhex(self.id),
+                self.key,
+                [bytes.fromhex(p) for p in self.parents],
+                self.hlc.wall,
+                self.hlc.logical,
+                self.origin,
+                self.author,
+                self.content_type,
+                bytes.fromhex(self.digest),
+                self.size,
+                self.deleted,
+            )
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Version:
+        """The inverse of :meth:`encode`; :class:`InvalidInput` on bytes it did not make."""
+        try:
+            r = _DECODER.decode(data)
+        except msgspec.DecodeError as exc:
+            raise InvalidInput(f"not an encoded version record: {exc}") from exc
+        if r.format != _RECORD_FORMAT:
+            raise InvalidInput(f"unknown version record format {r.format}")
+        return cls(
+            id=r.id.hex(),
+            key=r.key,
+            parents=tuple(p.hex() for p in r.parents),
+            hlc=HLCTimestamp(r.wall, r.logical),
+            origin=r.origin,
+            author=r.author,
+            content_type=r.content_type,
+            digest=r.digest.hex(),
+            size=r.size,
+            deleted=r.deleted,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready fields, as the HTTP API's history entries show them."""
+        return {
+            "version": self.id,
+            "key": self.key,
+            "parents": list(self.parents),
+            "hlc": str(self.hlc),
+            "time": self.hlc.rfc3339(),
+            "origin": self.origin,
+            "author": self.author,
+            "deleted": self.deleted,
+            "size": self.size,
+            "content_type": self.content_type,
+            "digest": self.digest,
+        }
+
+
+def make_version(
+    key: str,
+    parents: Sequence[str],
+    value: bytes | None,
+    hlc: HLCTimestamp,
+    origin: str,
+    *,
+    author: str = "",
+    content_type: str = BYTES_CONTENT_TYPE,
+) -> Version:
+    """A new version of ``key``; ``value=None`` makes a tombstone (deleted, digest "",
+    size 0). Parents are sorted and de-duplicated; each must be a version id."""
+    if isinstance(parents, str):
+        raise InvalidInput("parents must be a sequence of version ids, not one string")
+    unique = tuple(sorted({check_version_id(p) for p in parents}))
+    if value is None:
+        digest, size, deleted = "", 0, True
+    else:
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise InvalidInput(f"a value is bytes, got {type(value).__name__}")
+        data = bytes(value)
+        digest, size, deleted = value_digest(data), len(data), False
+    vid = compute_version_id(
+        key,
+        unique,
+        digest,
+        hlc,
+        origin,
+        deleted=deleted,
+        content_type=content_type,
+        author=author,
+    )
+    return Version(vid, key, unique, hlc, origin, author, content_type, digest, size, deleted)
+
+
+def validate_json(value: bytes) -> object:
+    """Parse a JSON document (RFC 8259, UTF-8) and return it; :class:`InvalidJSON` with the
+    parse error and its byte position when it is not one."""
+    try:
+        return msgspec.json.decode(value)
+    except msgspec.DecodeError as exc:
+        raise InvalidJSON(f"invalid JSON: {exc}") from exc
