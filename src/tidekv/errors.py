@@ -16,6 +16,7 @@ place and never show a stack trace::
     ├── NotFound                    not_found          404   1
     │   ├── KeyNotFound             not_found          404   1
     │   └── VersionNotFound         version_not_found  404   1
+    ├── Siblings                    siblings           300   1
     ├── PreconditionFailed          precondition_failed 412  1
     ├── Conflict                    conflict           409   1
     ├── Unavailable                 unavailable        503   1
@@ -93,6 +94,14 @@ class VersionNotFound(NotFound):
     code = "version_not_found"
 
 
+class Siblings(TideError):
+    """The key has several heads and its policy (``manual``) refuses to choose; the
+    details list them. Resolve by writing a version whose parents are all the heads."""
+
+    code = "siblings"
+    http_status = 300
+
+
 class PreconditionFailed(TideError):
     code = "precondition_failed"
     http_status = 412
@@ -134,6 +143,7 @@ __all__ = [
     "KeyTooLarge",
     "NotFound",
     "PreconditionFailed",
+    "Siblings",
     "StorageError",
     "StoreClosed",
     "TideError",

@@ -42,6 +42,7 @@ from tidekv.versioning import (
     add_head,
     get_resolver,
     make_version,
+    order_key,
 )
 
 K, V, D, C, M = b"K", b"V", b"D", b"C", b"M"
@@ -329,10 +330,12 @@ class StateMachine:
             return new_value if v.id == new.id else self.value_of(v)
 
         res = self.resolver.resolve(versions, load)
-        served = res.version if res.version is not None else max(
-            versions, key=lambda v: (v.hlc, v.origin, v.id)
-        )
-        return served, revs[served.id], res.value
+        if res.version is not None and not res.unresolved:
+            return res.version, revs[res.version.id], res.value
+        # Unresolved (manual policy) or merged content: the record still names one head
+        # (last-write-wins) so ETags and as-of reads work; readers see `unresolved`.
+        served = max(versions, key=order_key)
+        return served, revs[served.id], load(served)
 
 
 def verify(sm: StateMachine) -> dict[str, int]:

@@ -28,6 +28,7 @@ from tidekv.errors import (
     InvalidValue,
     KeyNotFound,
     KeyTooLarge,
+    Siblings,
     StoreClosed,
     ValueTooLarge,
     VersionNotFound,
@@ -130,6 +131,7 @@ class Store:
         self._changed = threading.Condition(self._lock)
         self._closed = False
         self.sm = StateMachine(engine, resolver=resolver, sync=sync)
+        self._manual = self.sm.resolver.name == "manual"
         self.origin = self._load_origin(origin)
         self._hlc = HLC(self.sm.clock)
 
@@ -242,6 +244,10 @@ class Store:
             check_version_id(if_match)
         with self._lock:
             self._check_open()
+            if self.sm.clock > self._hlc.last:
+                # versions applied from elsewhere (replication) moved the clock on: a
+                # local write must come after everything it may have seen
+                self._hlc.update(self.sm.clock, self._clock())
             hlc = self._hlc.now(self._clock())
             result = self.sm.apply(
                 WriteCommand(
@@ -329,6 +335,12 @@ class Store:
         rec = self._record(key)
         if rec is None or rec.deleted or rec.value is None:
             raise KeyNotFound(f"key {key!r} not found", key=key)
+        if len(rec.heads) > 1 and self._manual:
+            raise Siblings(
+                f"key {key!r} has {len(rec.heads)} siblings to resolve",
+                key=key,
+                siblings=list(rec.heads),
+            )
         return Item(
             key=key,
             value=rec.value,

@@ -369,3 +369,42 @@ def test_reopen_keeps_everything_and_the_clock_stays_monotonic(
         assert w3.hlc > w2.hlc
         assert w3.parents == (w2.version,)
         assert s.verify() == {"keys": 2, "versions": 5, "revision": 5}
+
+
+def _remote_write(store: Store, key: str, value: bytes, wall: int, origin: str,
+                  parents: tuple[str, ...]) -> str:
+    return store.sm.apply(
+        WriteCommand(key=key, value=value, content_type="application/octet-stream",
+                     hlc=HLCTimestamp(wall, 0), origin=origin, parents=parents)
+    ).version
+
+
+def test_manual_policy_refuses_to_choose_between_siblings(tmp_path: Path) -> None:
+    from tidekv.errors import Siblings
+
+    with tidekv.open(str(tmp_path), "lsm", resolver="manual") as s:
+        base = s.put("k", "base")
+        a = _remote_write(s, "k", b"a", base.hlc.wall + 1, "site-a", (base.version,))
+        b = _remote_write(s, "k", b"b", base.hlc.wall + 2, "site-b", (base.version,))
+        with pytest.raises(Siblings) as exc:
+            s.get("k")
+        assert sorted(exc.value.details["siblings"]) == sorted([a, b])
+        assert exc.value.http_status == 300
+        # both siblings' contents stay readable, and a write on top resolves them
+        assert {s.get("k", version=a).value, s.get("k", version=b).value} == {b"a", b"b"}
+        resolved = s.put("k", "a+b")
+        assert set(resolved.parents) == {a, b}
+        assert s.get("k").text() == "a+b"
+        s.verify()
+
+
+def test_local_write_after_a_replicated_version_from_the_future_is_newer(
+    store: Store, clock: FakeClock
+) -> None:
+    base = store.put("k", "base")
+    ahead = clock.now + 60_000  # another site's clock runs a minute ahead
+    remote = _remote_write(store, "k", b"remote", ahead, "site-b", (base.version,))
+    local = store.put("k", "local")
+    assert local.parents == (remote,)
+    assert local.hlc > HLCTimestamp(ahead, 0)
+    assert store.history("k")[0].version.id == local.version
