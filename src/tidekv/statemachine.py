@@ -268,7 +268,7 @@ class StateMachine:
             content_type=cmd.content_type,
         )
         revision = self.revision + 1
-        clock = max(self.clock, cmd.hlc)
+        clock = cmd.hlc if cmd.hlc > self.clock else self.clock
         new_heads = add_head(heads, version)
 
         if new_heads == (version.id,):

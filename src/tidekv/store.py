@@ -223,7 +223,7 @@ class Store:
                 size=len(data),
                 limit=self.max_value_bytes,
             )
-        if is_json_type(ctype):
+        if ctype is not BYTES_CONTENT_TYPE and is_json_type(ctype):
             validate_json(data)
         return data, ctype
 

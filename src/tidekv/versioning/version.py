@@ -45,6 +45,7 @@ VERSION_ID_LENGTH = 40
 
 _ID_DOMAIN = b"tidekv.version-id\x00"  # domain separation: these bytes hash nothing else
 _ID_FORMAT = 1  # bump when the canonical encoding changes (old ids stay valid as strings)
+_ID_HEAD = _ID_DOMAIN + bytes([_ID_FORMAT])
 _RECORD_FORMAT = 1  # the first element of an encoded Version record
 _U32 = struct.Struct(">I")
 _ID_RE = re.compile(r"[0-9a-f]{40}")
@@ -126,16 +127,28 @@ def canonical_version_bytes(
         content_type
         author
     """
-    parts = [_ID_DOMAIN, bytes([_ID_FORMAT]), _field(_utf8("key", key))]
     unique = sorted(set(parents))
-    parts.append(_U32.pack(len(unique)))
-    parts.extend(_field(_utf8("parent", p)) for p in unique)
-    parts.append(_field(_utf8("digest", digest)))
-    parts.append(hlc.encode())
-    parts.append(_field(_utf8("origin", origin)))
-    parts.append(b"\x01" if deleted else b"\x00")
-    parts.append(_field(_utf8("content_type", content_type)))
-    parts.append(_field(_utf8("author", author)))
+    try:  # the hot path: one pass, no helper calls
+        k, d, o = key.encode(), digest.encode(), origin.encode()
+        c, a = content_type.encode(), author.encode()
+        ps = [p.encode() for p in unique]
+    except (AttributeError, UnicodeEncodeError):
+        # not str, or not encodable: let the checking helpers name the culprit
+        for name, text in (("key", key), ("digest", digest), ("origin", origin),
+                           ("content_type", content_type), ("author", author)):
+            _utf8(name, text)
+        for p in unique:
+            _utf8("parent", p)
+        raise AssertionError("unreachable") from None  # pragma: no cover
+    pack = _U32.pack
+    parts = [_ID_HEAD, pack(len(k)), k, pack(len(ps))]
+    for pb in ps:
+        parts.append(pack(len(pb)))
+        parts.append(pb)
+    parts += (
+        pack(len(d)), d, hlc.encode(), pack(len(o)), o, b"\x01" if deleted else b"\x00",
+        pack(len(c)), c, pack(len(a)), a,
+    )
     return b"".join(parts)
 
 
@@ -233,6 +246,35 @@ class Version:
         elif _DIGEST_RE.fullmatch(self.digest) is None:
             raise InvalidInput(f"Version.digest must be 64 lowercase hex chars: {self.digest!r}")
 
+    @classmethod
+    def _trusted(
+        cls,
+        id: str,
+        key: str,
+        parents: tuple[str, ...],
+        hlc: HLCTimestamp,
+        origin: str,
+        author: str,
+        content_type: str,
+        digest: str,
+        size: int,
+        deleted: bool,
+    ) -> Version:
+        """Build without ``__post_init__`` checks, for fields the caller just computed."""
+        v = object.__new__(cls)
+        set_ = object.__setattr__
+        set_(v, "id", id)
+        set_(v, "key", key)
+        set_(v, "parents", parents)
+        set_(v, "hlc", hlc)
+        set_(v, "origin", origin)
+        set_(v, "author", author)
+        set_(v, "content_type", content_type)
+        set_(v, "digest", digest)
+        set_(v, "size", size)
+        set_(v, "deleted", deleted)
+        return v
+
     def recompute_id(self) -> str:
         """The id these fields hash to; equals ``id`` unless the record was tampered with."""
         return compute_version_id(
@@ -319,6 +361,8 @@ def make_version(
     if isinstance(parents, str):
         raise InvalidInput("parents must be a sequence of version ids, not one string")
     unique = tuple(sorted({check_version_id(p) for p in parents}))
+    if not isinstance(hlc, HLCTimestamp):
+        raise InvalidInput("hlc must be an HLCTimestamp")
     if value is None:
         digest, size, deleted = "", 0, True
     else:
@@ -336,7 +380,10 @@ def make_version(
         content_type=content_type,
         author=author,
     )
-    return Version(vid, key, unique, hlc, origin, author, content_type, digest, size, deleted)
+    # every field was checked or computed above: skip the constructor's re-validation
+    return Version._trusted(
+        vid, key, unique, hlc, origin, author, content_type, digest, size, deleted
+    )
 
 
 def validate_json(value: bytes) -> object:
