@@ -1,0 +1,313 @@
+"""LSM-tree engine: RocksDB through ``rocksdict`` in raw-bytes mode.
+
+Durability
+    Every write goes to RocksDB's write-ahead log (WAL) with a plain ``write()`` before
+    it is acknowledged, so a *process* crash (kill -9) loses nothing that returned.
+    ``sync=True`` sets ``WriteOptions.sync``: the WAL is fsynced before the call returns,
+    so the write survives a power loss. :meth:`LSMEngine.sync` fsyncs the WAL
+    (``flush_wal(sync=True)``), making every earlier write durable. An unsynced write
+    may be lost by a power loss or OS crash; the WAL is replayed with the
+    *point-in-time* recovery mode, which stops at the first damaged record, so what
+    survives is a prefix of the acknowledged writes, and a write batch (one WAL record)
+    is all or nothing.
+
+Options (keyword arguments of :class:`LSMEngine`, all optional)
+    ``block_cache_mb`` (64)
+        LRU cache for uncompressed data, index and filter blocks.
+    ``write_buffer_mb`` (64)
+        Memtable size; larger batches more writes per flush, costs memory.
+    ``bloom_bits`` (10)
+        Bits per key of the full (not block-based) bloom filter in each table file,
+        about 1% false positives: a ``get`` of an absent key rarely reads a data block.
+        ``0`` disables the filter.
+    ``compression`` ("lz4")
+        ``"lz4"``, ``"zstd"``, ``"snappy"`` or ``"none"``. LZ4 costs little CPU for a
+        useful size reduction on text-like values. When the RocksDB build lacks the
+        codec the engine falls back to no compression (see :attr:`compression`).
+    ``background_jobs`` (2)
+        Flush and compaction threads (this project's machines have few cores).
+
+Scans use one RocksDB iterator (an implicit snapshot) per call: forward scans ``seek``
+to ``start`` and stop at ``end`` through ``iterate_upper_bound``; reverse scans start
+at the last key below ``end`` and stop at ``start``. Pairs are produced lazily, so a
+``limit`` or an early ``break`` reads only what is used. A scan sees the data as of
+the moment it started (writes made while it runs are not seen).
+
+Thread safety: RocksDB is safe for concurrent use; the engine adds a lock only around
+opening/closing and the bookkeeping of live iterators (closing drops them so the
+database files are released and the engine can be reopened in the same process).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast
+
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    DbClosedError,
+    DBCompressionType,
+    DBRecoveryMode,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
+
+from tidekv.errors import CorruptionError, InvalidInput, StorageError, StoreClosed
+from tidekv.storage.base import Engine, Op
+
+_DEFAULTS: dict[str, Any] = {
+    "block_cache_mb": 64,
+    "write_buffer_mb": 64,
+    "bloom_bits": 10,
+    "compression": "lz4",
+    "background_jobs": 2,
+}
+
+_Pairs = Iterator[tuple[bytes, bytes]]
+
+_COMPRESSION = {
+    "lz4": DBCompressionType.lz4,
+    "zstd": DBCompressionType.zstd,
+    "snappy": DBCompressionType.snappy,
+    "none": DBCompressionType.none,
+}
+
+
+def _storage_error(exc: Exception, what: str) -> StorageError:
+    """Convert a RocksDB error into the tidekv error tree."""
+    message = str(exc)
+    if "Corruption" in message:
+        return CorruptionError(f"rocksdb {what}: {message}", engine="lsm")
+    return StorageError(f"rocksdb {what}: {message}", engine="lsm")
+
+
+class _LiveIter:
+    """Holds one RocksDB iterator; :meth:`LSMEngine.close` empties it to release the DB.
+
+    It also keeps the iterator's ``ReadOptions`` alive: the RocksDB iterator points into
+    the bound stored there (dropping it early makes ``iterate_upper_bound`` garbage).
+    """
+
+    __slots__ = ("it", "read_opt")
+
+    def __init__(self, it: _Pairs, read_opt: ReadOptions) -> None:
+        self.it: _Pairs | None = it
+        self.read_opt: ReadOptions | None = read_opt
+
+    def release(self) -> None:
+        self.it = None  # the iterator first: it refers to read_opt
+        self.read_opt = None
+
+
+class LSMEngine(Engine):
+    """RocksDB (LSM-tree) engine. ``path`` is the database directory."""
+
+    name = "lsm"
+
+    def __init__(self, path: str | None, **options: Any) -> None:
+        super().__init__(path, **options)
+        if path is None:
+            raise InvalidInput("the lsm engine needs a directory path", engine="lsm")
+        unknown = set(options) - set(_DEFAULTS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown lsm engine options: {', '.join(sorted(unknown))}", engine="lsm"
+            )
+        opts = {**_DEFAULTS, **options}
+        if opts["compression"] not in _COMPRESSION:
+            raise InvalidInput(
+                f"unknown compression {opts['compression']!r}; "
+                f"choose one of {', '.join(sorted(_COMPRESSION))}",
+                engine="lsm",
+            )
+        os.makedirs(path, exist_ok=True)
+        self._lock = threading.Lock()
+        self._live: dict[int, _LiveIter] = {}
+        self._closed = False
+        #: the compression actually in use (falls back to "none" if not compiled in)
+        self.compression: str = opts["compression"]
+        try:
+            self._db = Rdict(path, self._options(opts, self.compression))
+        except Exception as exc:  # rocksdict raises plain Exception for RocksDB status
+            if self.compression != "none" and "ompression" in str(exc):
+                self.compression = "none"
+                try:
+                    self._db = Rdict(path, self._options(opts, "none"))
+                except Exception as exc2:
+                    raise _storage_error(exc2, "open") from exc2
+            else:
+                raise _storage_error(exc, "open") from exc
+        self._wo_sync = WriteOptions()
+        self._wo_sync.sync = True
+        self._wo_nosync = WriteOptions()
+        self._wo_nosync.sync = False
+
+    @staticmethod
+    def _options(opts: dict[str, Any], compression: str) -> Options:
+        o = Options(raw_mode=True)
+        o.create_if_missing(True)
+        o.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
+        o.set_max_background_jobs(int(opts["background_jobs"]))
+        o.set_write_buffer_size(int(opts["write_buffer_mb"]) << 20)
+        o.set_compression_type(_COMPRESSION[compression]())
+        o.set_keep_log_file_num(3)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(int(opts["block_cache_mb"]) << 20))
+        if opts["bloom_bits"]:
+            table.set_bloom_filter(int(opts["bloom_bits"]), False)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        o.set_block_based_table_factory(table)
+        return o
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StoreClosed("engine is closed", engine="lsm")
+
+    def _fail(self, exc: Exception, what: str) -> Exception:
+        if isinstance(exc, DbClosedError) or self._closed:
+            return StoreClosed("engine is closed", engine="lsm")
+        return _storage_error(exc, what)
+
+    # -- reads ---------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        self._check()
+        try:
+            value: bytes | None = self._db.get(key)
+        except Exception as exc:
+            raise self._fail(exc, "get") from exc
+        return value
+
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """All values through RocksDB's native MultiGet (one consistent view)."""
+        self._check()
+        if not keys:
+            return []
+        try:
+            values = cast(list[bytes | None], self._db.get(list(keys)))
+        except Exception as exc:
+            raise self._fail(exc, "multi_get") from exc
+        return values
+
+    def scan(
+        self,
+        start: bytes = b"",
+        end: bytes | None = None,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        self._check()
+        if (end is not None and start >= end) or (limit is not None and limit <= 0):
+            return iter(())
+        read_opt = ReadOptions()
+        if end is not None:
+            read_opt.set_iterate_upper_bound(end)
+        # NB: rocksdict 0.3.x's set_iterate_lower_bound sets the *upper* bound, so
+        # the lower bound is enforced here instead (seek forward, stop going back).
+        try:
+            it: Iterator[tuple[bytes, bytes]]
+            if reverse:
+                it = cast(_Pairs, self._db.items(backwards=True, read_opt=read_opt))
+                if start:
+                    it = itertools.takewhile((start,).__le__, it)
+            else:
+                it = cast(_Pairs, self._db.items(from_key=start, read_opt=read_opt))
+        except Exception as exc:
+            raise self._fail(exc, "scan") from exc
+        if limit is not None:
+            it = itertools.islice(it, limit)
+        live = _LiveIter(it, read_opt)
+        with self._lock:
+            self._check()
+            self._live[id(live)] = live
+        return self._drain(live)
+
+    def _next(self, live: _LiveIter) -> tuple[bytes, bytes] | None:
+        it = live.it
+        if it is None:
+            raise StoreClosed("engine closed during a scan", engine="lsm")
+        try:
+            return next(it, None)
+        except Exception as exc:
+            raise self._fail(exc, "scan") from exc
+
+    def _drain(self, live: _LiveIter) -> Iterator[tuple[bytes, bytes]]:
+        # The RocksDB iterator is reached only through ``live`` (never a local of this
+        # suspended frame), so close() can drop it and release the database.
+        try:
+            while (pair := self._next(live)) is not None:
+                yield pair
+        finally:
+            live.release()
+            with self._lock:
+                self._live.pop(id(live), None)
+
+    # -- writes --------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes, *, sync: bool = False) -> None:
+        self._check()
+        try:
+            self._db.put(key, value, self._wo_sync if sync else self._wo_nosync)
+        except Exception as exc:
+            raise self._fail(exc, "put") from exc
+
+    def delete(self, key: bytes, *, sync: bool = False) -> None:
+        self._check()
+        try:
+            self._db.delete(key, self._wo_sync if sync else self._wo_nosync)
+        except Exception as exc:
+            raise self._fail(exc, "delete") from exc
+
+    def write_batch(self, ops: Iterable[Op], *, sync: bool = False) -> None:
+        self._check()
+        batch = WriteBatch(raw_mode=True)
+        for key, value in ops:  # an error here leaves the database untouched
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        self._check()
+        try:
+            self._db.write(batch, self._wo_sync if sync else self._wo_nosync)
+        except Exception as exc:
+            raise self._fail(exc, "write_batch") from exc
+
+    def sync(self) -> None:
+        self._check()
+        try:
+            self._db.flush_wal(True)
+        except Exception as exc:
+            raise self._fail(exc, "sync") from exc
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for live in self._live.values():
+                live.release()  # drop the iterators: they keep the DB (and its lock) alive
+            self._live.clear()
+        try:
+            self._db.flush_wal(True)
+        except Exception as exc:
+            if not isinstance(exc, DbClosedError):
+                raise _storage_error(exc, "close") from exc
+        finally:
+            self._db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
