@@ -6,7 +6,6 @@ covered by the conformance and crash suites as soon as it is registered.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,39 +17,14 @@ from tidekv.storage import ENGINES, Engine, open_engine
 #: Engines that promise durability (``sync=True`` survives a crash).
 DURABLE = [name for name in ENGINES if name != "memory"]
 
-# TEMPORARY ALLOWANCE (the lead removes it once every engine has landed): an engine
-# whose *module file does not exist yet* is skipped with a reason instead of failing.
-# A module that exists but fails to import is still an error.
-ALLOW_MISSING_ENGINE_MODULES = True
-
-
-def missing_engine_reason(name: str) -> str | None:
-    """Why ``name`` must be skipped (its module is not written yet), else ``None``."""
-    module = ENGINES[name].partition(":")[0]
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if ALLOW_MISSING_ENGINE_MODULES and exc.name == module:
-            return f"engine {name!r}: module {module} does not exist yet"
-        raise
-    return None
-
-
-def require_engine(name: str) -> str:
-    reason = missing_engine_reason(name)
-    if reason is not None:
-        pytest.skip(reason)
-    return name
-
-
 @pytest.fixture(params=list(ENGINES))
 def engine_name(request: pytest.FixtureRequest) -> str:
-    return require_engine(str(request.param))
+    return str(request.param)
 
 
 @pytest.fixture(params=DURABLE)
 def durable_engine_name(request: pytest.FixtureRequest) -> str:
-    return require_engine(str(request.param))
+    return str(request.param)
 
 
 OpenFn = Callable[..., Engine]

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tidekv.errors import InvalidKey, KeyTooLarge, StoreClosed
+from tidekv.errors import InvalidKey, StoreClosed
 from tidekv.storage import ENGINES, Engine, Op, open_engine, prefix_end
 
 from .conftest import Opened
@@ -625,22 +625,58 @@ def test_btree_grows_a_full_map(tmp_path: Path) -> None:
         engine.close()
 
 
-def test_btree_key_limits(tmp_path: Path) -> None:
+def test_btree_refuses_only_the_empty_key(tmp_path: Path) -> None:
     from tidekv.storage.btree import BTreeEngine
 
     engine = BTreeEngine(str(tmp_path / "keys"))
     try:
-        with pytest.raises(KeyTooLarge):
-            engine.put(b"k" * 600, b"v")
-        with pytest.raises(KeyTooLarge):
-            engine.write_batch([(b"ok", b"1"), (b"k" * 600, b"v")])
-        assert engine.get(b"ok") is None  # the refused batch wrote nothing
         with pytest.raises(InvalidKey):
             engine.put(b"", b"v")
-        engine.put(b"k" * 511, b"max")
-        assert engine.get(b"k" * 511) == b"max"
+        with pytest.raises(InvalidKey):
+            engine.write_batch([(b"ok", b"1"), (b"", b"v")])
+        assert engine.get(b"ok") is None  # the refused batch wrote nothing
     finally:
         engine.close()
+
+
+def test_long_keys_keep_their_order(opened: Opened) -> None:
+    """Keys past LMDB's 511-byte cap, sharing long prefixes around the 495/511-byte
+    boundaries where btree maps them, behave like any other key on every engine."""
+    rng = random.Random(7)
+    base = b"p" * 494
+    keys: set[bytes] = {b"a", b"q", base, base[:-1] + b"q"}
+    for n in (494, 495, 496, 510, 511, 512, 600, 1025, 4096):
+        for tail in (b"\x00", b"m", b"\xff"):
+            keys.add((base + tail * n)[:n])
+            keys.add((base + b"m" + tail * n)[:n] + b"z")
+    keys |= {base + rng.randbytes(rng.randint(1, 700)) for _ in range(60)}
+    ordered = sorted(keys)
+    engine = opened.open()
+    model = {k: b"v%d" % i for i, k in enumerate(ordered)}
+    engine.write_batch(model.items())
+    for k in ordered[::3]:
+        engine.delete(k)
+        del model[k]
+    for k in ordered[1::7]:
+        engine.put(k, b"again")
+        model[k] = b"again"
+    for round_ in range(2):
+        want = sorted(model.items())
+        assert list(engine.scan()) == want, round_
+        assert list(engine.scan(reverse=True)) == want[::-1]
+        for _ in range(30):
+            lo, hi = sorted(rng.sample(ordered, 2))
+            sub = [kv for kv in want if lo <= kv[0] < hi]
+            assert list(engine.scan(lo, hi)) == sub
+            assert list(engine.scan(lo, hi, reverse=True)) == sub[::-1]
+            assert list(engine.scan(lo, hi, limit=3)) == sub[:3]
+            p = lo[: rng.choice([1, 300, 494, 495, 496, 511, 512])]
+            assert list(engine.scan_prefix(p)) == [kv for kv in want if kv[0].startswith(p)]
+        for k in ordered:
+            assert engine.get(k) == model.get(k)
+        assert engine.multi_get(ordered) == [model.get(k) for k in ordered]
+        if opened.name != "memory":
+            engine = opened.reopen(engine)
 
 
 @pytest.mark.parametrize("name", ["lsm", "btree"])

@@ -117,7 +117,7 @@ class Engine(ABC):
         """Engine-specific counters (sizes, live keys, ...); empty when it has none."""
         return {}
 
-    def compact(self) -> None:
+    def compact(self) -> None:  # noqa: B027 - a no-op default, not abstract
         """Reclaim space held by overwritten and deleted records (no-op by default)."""
 
     def __enter__(self) -> Self:

@@ -37,8 +37,16 @@ Other options (keyword arguments of :class:`BTreeEngine`)
     ``scan_chunk`` (1024)
         Scans read this many pairs per read transaction.
 
-Keys are 1 to ``max_key_size`` (511) bytes: LMDB rejects the empty key (raises
-:class:`~tidekv.errors.InvalidKey`) and longer keys (:class:`~tidekv.errors.KeyTooLarge`).
+Keys are 1 byte or longer: LMDB rejects the empty key (raises
+:class:`~tidekv.errors.InvalidKey`). LMDB itself caps keys at ``max_key_size`` (511)
+bytes, so a *long* key (511 bytes or more) is stored under its first 495 bytes followed
+by a 16-byte BLAKE2b hash of the whole key (exactly 511 bytes), and its value is stored
+as ``u32 key length + key + value``; an LMDB key of exactly 511 bytes is always such an
+entry. The mapping keeps the byte order of keys except among keys that share their first
+495 bytes; those are adjacent in LMDB's order, so scans collect each such run and sort
+it by the real key. A hash collision would need two keys with the same 495-byte prefix
+and the same 128-bit BLAKE2b digest; reads compare the stored key, so even then a read
+never returns another key's value.
 
 Scans are lazy: each step opens a short read transaction, positions a cursor and reads
 at most ``scan_chunk`` pairs (fewer with ``limit`` or when ``end`` is reached), then
@@ -55,7 +63,9 @@ no read transaction of this process is active, as LMDB requires.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice, takewhile
@@ -67,11 +77,10 @@ from tidekv.errors import (
     CorruptionError,
     InvalidInput,
     InvalidKey,
-    KeyTooLarge,
     StorageError,
     StoreClosed,
 )
-from tidekv.storage.base import Engine, Op
+from tidekv.storage.base import Engine, Op, prefix_end
 
 _DEFAULTS: dict[str, Any] = {
     "map_size": 16 << 30,
@@ -83,6 +92,10 @@ _DURABILITY = {
     "nometasync": {"sync": True, "metasync": False},
     "sync": {"sync": True, "metasync": True},
 }
+
+
+_HASH_LEN = 16  # bytes of BLAKE2b at the end of a long key's LMDB key
+_LEN = struct.Struct(">I")
 
 
 def _storage_error(exc: Exception, what: str) -> StorageError:
@@ -132,6 +145,7 @@ class BTreeEngine(Engine):
         except lmdb.Error as exc:
             raise _storage_error(exc, "open") from exc
         self._max_key = self._env.max_key_size()
+        self._group_prefix = self._max_key - _HASH_LEN
         self._write_lock = threading.Lock()
         # gate: readers count in/out; grow/close wait for zero and hold new ones back
         self._gate_lock = threading.Lock()
@@ -190,20 +204,45 @@ class BTreeEngine(Engine):
     def _check_key(self, key: bytes) -> None:
         if not key:
             raise InvalidKey("the btree engine does not store the empty key", engine="btree")
-        if len(key) > self._max_key:
-            raise KeyTooLarge(
-                f"key of {len(key)} bytes; the btree engine takes at most {self._max_key}",
-                engine="btree",
-                size=len(key),
-                limit=self._max_key,
-            )
+
+    def _lmdb_key(self, key: bytes) -> bytes:
+        """The LMDB key of ``key`` (itself unless it is long; see the module docstring)."""
+        if len(key) < self._max_key:
+            return key
+        return key[: self._group_prefix] + hashlib.blake2b(key, digest_size=_HASH_LEN).digest()
+
+    def _lmdb_op(self, key: bytes, value: bytes | None) -> Op:
+        if len(key) < self._max_key:
+            return key, value
+        return self._lmdb_key(key), None if value is None else _LEN.pack(len(key)) + key + value
+
+    @staticmethod
+    def _unwrap(raw: bytes) -> tuple[bytes, bytes]:
+        """The real key and value of a long-key entry."""
+        n = _LEN.unpack_from(raw)[0]
+        return raw[4 : 4 + n], raw[4 + n :]
+
+    def _get_long(self, key: bytes) -> bytes | None:
+        txn = self._begin_read()
+        try:
+            raw = txn.get(self._lmdb_key(key))
+        except lmdb.Error as exc:
+            raise _storage_error(exc, "get") from exc
+        finally:
+            self._end_read(txn)
+        if raw is None:
+            return None
+        stored, value = self._unwrap(raw)
+        return value if stored == key else None
 
     # -- reads ---------------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
-        if not key or len(key) > self._max_key:
+        if not key:
             self._check()
             return None  # such a key can never have been stored
+        if len(key) >= self._max_key:
+            return self._get_long(key)
         # _begin_read/_end_read inlined: this is the hottest path
         gate_lock = self._gate_lock
         with gate_lock:
@@ -230,7 +269,19 @@ class BTreeEngine(Engine):
         try:
             get = txn.get
             mk = self._max_key
-            return [get(k) if k and len(k) <= mk else None for k in keys]
+            out: list[bytes | None] = []
+            for k in keys:
+                if not k:
+                    out.append(None)
+                elif len(k) < mk:
+                    out.append(get(k))
+                else:
+                    raw = get(self._lmdb_key(k))
+                    if raw is not None:
+                        stored, value = self._unwrap(raw)
+                        raw = value if stored == k else None
+                    out.append(raw)
+            return out
         except lmdb.Error as exc:
             raise _storage_error(exc, "multi_get") from exc
         finally:
@@ -247,7 +298,40 @@ class BTreeEngine(Engine):
         self._check()
         if (end is not None and start >= end) or (limit is not None and limit <= 0):
             return iter(())
-        return self._scan(start, end, reverse, limit)
+        gp = self._group_prefix
+        lstart = start if len(start) < gp else start[:gp]
+        lend = end if end is None or len(end) < gp else prefix_end(end[:gp])
+        pairs = self._real_pairs(self._scan(lstart, lend, reverse, None), reverse)
+        if len(start) >= gp:
+            pairs = (kv for kv in pairs if kv[0] >= start)
+        if end is not None and len(end) >= gp:
+            pairs = (kv for kv in pairs if kv[0] < end)
+        return pairs if limit is None else islice(pairs, limit)
+
+    def _real_pairs(
+        self, raw: Iterator[tuple[bytes, bytes]], reverse: bool
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Real keys and values in real key order from LMDB pairs in LMDB order."""
+        gp, mk = self._group_prefix, self._max_key
+        group: list[tuple[bytes, bytes]] = []
+        group_prefix = b""
+        for k, v in raw:
+            if len(k) < gp:
+                if group:
+                    group.sort(reverse=reverse)
+                    yield from group
+                    group = []
+                yield k, v
+                continue
+            if group and k[:gp] != group_prefix:
+                group.sort(reverse=reverse)
+                yield from group
+                group = []
+            group_prefix = k[:gp]
+            group.append(self._unwrap(v) if len(k) >= mk else (k, v))
+        if group:
+            group.sort(reverse=reverse)
+            yield from group
 
     def _scan(
         self, start: bytes, end: bytes | None, reverse: bool, limit: int | None
@@ -302,7 +386,7 @@ class BTreeEngine(Engine):
         self._write([(key, value)], sync)
 
     def delete(self, key: bytes, *, sync: bool = False) -> None:
-        if not key or len(key) > self._max_key:
+        if not key:
             self._check()
             if sync:
                 self.sync()
@@ -324,9 +408,11 @@ class BTreeEngine(Engine):
                 try:
                     with self._env.begin(write=True) as txn:  # commits, or aborts on error
                         for key, value in ops:
+                            if not key:
+                                continue  # only deletes get here: nothing to delete
+                            key, value = self._lmdb_op(key, value)
                             if value is None:
-                                if key and len(key) <= self._max_key:
-                                    txn.delete(key)
+                                txn.delete(key)
                             else:
                                 txn.put(key, value)
                     break
