@@ -67,14 +67,3 @@ def opened(engine_name: str, tmp_path: Path) -> Iterator[Opened]:
 @pytest.fixture
 def engine(opened: Opened) -> Engine:
     return opened.open()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``@pytest.mark.slow`` storage tests unless the run selects them (``-m slow``)."""
-    if "slow" in (config.getoption("markexpr") or ""):
-        return
-    here = Path(__file__).parent
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    for item in items:
-        if item.get_closest_marker("slow") and here in Path(item.path).parents:
-            item.add_marker(skip)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tidekv.errors import InvalidKey, StoreClosed
 from tidekv.storage import ENGINES, Engine, Op, open_engine, prefix_end
 
-from .conftest import Opened
+from .conftest import DURABLE, Opened
 
 # --------------------------------------------------------------------------- helpers
 
@@ -309,9 +309,9 @@ def test_reopen_keeps_everything(opened: Opened, engine: Engine) -> None:
     assert third.get(b"a") == b"A"
 
 
-def test_fresh_open_after_close_sees_data(opened: Opened) -> None:
-    if opened.name == "memory":
-        pytest.skip("memory is not durable: a new MemoryEngine starts empty by design")
+@pytest.mark.parametrize("name", DURABLE)
+def test_fresh_open_after_close_sees_data(name: str, tmp_path: Path) -> None:
+    opened = Opened(name, tmp_path)
     first = opened.open("p")
     model = fill(first, [b"k%03d" % i for i in range(300)])
     first.write_batch([(b"k000", None), (b"k001", b"changed")], sync=True)
@@ -319,7 +319,10 @@ def test_fresh_open_after_close_sees_data(opened: Opened) -> None:
     model[b"k001"] = b"changed"
     first.close()
     second = opened.open("p")
-    assert list(second.scan()) == expected_scan(model)
+    try:
+        assert list(second.scan()) == expected_scan(model)
+    finally:
+        opened.close_all()
 
 
 # --------------------------------------------------------------------------- close
