@@ -39,6 +39,7 @@ from tidekv.statemachine import (
     StateMachine,
     WriteCommand,
     WriteResult,
+    decode_key_record,
     meta_key,
     verify,
 )
@@ -181,21 +182,29 @@ class Store:
     # -- validation -------------------------------------------------------------
 
     def check_key(self, key: object) -> str:
+        """``key`` when it is a valid key, else :class:`InvalidKey` / :class:`KeyTooLarge`."""
+        self.key_bytes(key)
+        return key  # type: ignore[return-value]  # key_bytes proved it is a str
+
+    def key_bytes(self, key: object) -> bytes:
+        """The UTF-8 bytes of a valid key (raises like :meth:`check_key`)."""
+        try:
+            kb = key.encode()  # type: ignore[attr-defined]
+        except (AttributeError, UnicodeEncodeError):
+            if not isinstance(key, str):
+                raise InvalidKey(f"a key must be a string, not {type(key).__name__}") from None
+            raise InvalidKey("the key is not valid UTF-8") from None
         if not isinstance(key, str):
             raise InvalidKey(f"a key must be a string, not {type(key).__name__}")
-        if not key:
+        if not kb:
             raise InvalidKey("the key is empty")
-        try:
-            size = len(key.encode())
-        except UnicodeEncodeError:
-            raise InvalidKey("the key is not valid UTF-8") from None
-        if size > self.max_key_bytes:
+        if len(kb) > self.max_key_bytes:
             raise KeyTooLarge(
-                f"the key is {size} bytes; the limit is {self.max_key_bytes}",
-                size=size,
+                f"the key is {len(kb)} bytes; the limit is {self.max_key_bytes}",
+                size=len(kb),
                 limit=self.max_key_bytes,
             )
-        return key
+        return kb  # type: ignore[no-any-return]
 
     def encode_value(self, value: object, content_type: str | None) -> tuple[bytes, str]:
         """Bytes and content type for ``value``: bytes as given, ``str`` as UTF-8 text,
@@ -332,7 +341,11 @@ class Store:
             return self.get_version(key, version)
         if as_of is not None:
             return self._get_as_of(key, as_of)
-        rec = self._record(key)
+        # the hot path: one engine read, no second validation of what we wrote
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        raw = self.engine.get(b"K" + self.key_bytes(key))
+        rec = None if raw is None else decode_key_record(raw)
         if rec is None or rec.deleted or rec.value is None:
             raise KeyNotFound(f"key {key!r} not found", key=key)
         if len(rec.heads) > 1 and self._manual:
@@ -342,13 +355,13 @@ class Store:
                 siblings=list(rec.heads),
             )
         return Item(
-            key=key,
-            value=rec.value,
-            content_type=rec.content_type,
-            version=rec.version,
-            revision=rec.revision,
-            hlc=HLCTimestamp(rec.hlc_wall, rec.hlc_logical),
-            siblings=len(rec.heads),
+            key,
+            rec.value,
+            rec.content_type,
+            rec.version,
+            rec.revision,
+            HLCTimestamp.trusted(rec.hlc_wall, rec.hlc_logical),
+            len(rec.heads),
         )
 
     def heads(self, key: str) -> list[str]:

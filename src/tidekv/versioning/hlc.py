@@ -62,6 +62,15 @@ class HLCTimestamp:
                 f"HLC logical counter must be an int in 0..{MAX_LOGICAL}, got {self.logical!r}"
             )
 
+    @classmethod
+    def trusted(cls, wall: int, logical: int) -> HLCTimestamp:
+        """Build without the range checks, for fields read back from a record this
+        package wrote (a hot path: every read returns a time stamp)."""
+        ts = object.__new__(cls)
+        object.__setattr__(ts, "wall", wall)
+        object.__setattr__(ts, "logical", logical)
+        return ts
+
     def encode(self) -> bytes:
         """10 bytes, big-endian (8 wall + 2 logical); byte order equals time stamp order."""
         return _STRUCT.pack(self.wall, self.logical)
