@@ -91,8 +91,9 @@ def bench_engine(name: str, n: int, n_sync: int, profile: str | None) -> dict[st
         for _ in range(4):
             for k in hist_keys:
                 store.put(k, value)
-        out["store_history"] = rate(len(hist_keys), lambda: [store.history(k) for k in hist_keys]
-                                    and None)
+        out["store_history"] = rate(
+            len(hist_keys), lambda: [store.history(k) for k in hist_keys] and None
+        )
         store.close()
 
         synced = tidekv.open(os.path.join(tmp, "store-sync"), name, sync=True)
@@ -119,9 +120,7 @@ def main() -> None:
     ap.add_argument("--profile", choices=["put", "get"], default=None)
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args()
-    rows = [
-        bench_engine(e, args.n, args.n_sync, args.profile) for e in args.engines.split(",")
-    ]
+    rows = [bench_engine(e, args.n, args.n_sync, args.profile) for e in args.engines.split(",")]
     hdr = (
         "| engine | raw put/s | store put/s | ratio | raw get/s | store get/s | ratio "
         "| history/s | raw put+fsync/s | store put+fsync/s | ratio |"

@@ -39,9 +39,7 @@ DEFAULT_PATH = "./tide-data"
 
 PathOpt = Annotated[
     str,
-    typer.Option(
-        "--path", "-p", envvar="TIDE_PATH", help="Directory of the embedded store."
-    ),
+    typer.Option("--path", "-p", envvar="TIDE_PATH", help="Directory of the embedded store."),
 ]
 EngineOpt = Annotated[
     str | None,
@@ -188,9 +186,7 @@ def get(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the value of KEY."""
-    item = with_store(
-        path, None, lambda s: s.get(key, version=version, as_of=parse_as_of(as_of))
-    )
+    item = with_store(path, None, lambda s: s.get(key, version=version, as_of=parse_as_of(as_of)))
     if as_json:
         emit_json(item_to_dict(item))
         return
@@ -215,8 +211,9 @@ def delete(
     if as_json:
         emit_json(res.to_dict())
     else:
-        out.print(f"{res.key}  deleted  version {res.version}  revision {res.revision}",
-                  markup=False)
+        out.print(
+            f"{res.key}  deleted  version {res.version}  revision {res.revision}", markup=False
+        )
 
 
 @app.command("ls")
@@ -290,8 +287,10 @@ def diff(
     if as_json:
         emit_json(d.to_dict())
         return
-    if d.format == "text" and isinstance(d.changes, list) and all(
-        isinstance(c, str) for c in d.changes
+    if (
+        d.format == "text"
+        and isinstance(d.changes, list)
+        and all(isinstance(c, str) for c in d.changes)
     ):
         for line in d.changes:
             out.print(line, markup=False)

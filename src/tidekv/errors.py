@@ -19,7 +19,10 @@ place and never show a stack trace::
     ├── Siblings                    siblings           300   1
     ├── PreconditionFailed          precondition_failed 412  1
     ├── Conflict                    conflict           409   1
+    ├── Gone                        gone               410   1
     ├── Unavailable                 unavailable        503   1
+    │   ├── NotLeader               not_leader         503   1
+    │   └── Timeout                 timeout            503   1
     ├── StoreClosed                 closed             503   1
     └── StorageError                storage_error      500   1
         └── CorruptionError         corruption         500   1
@@ -112,9 +115,31 @@ class Conflict(TideError):
     http_status = 409
 
 
+class Gone(TideError):
+    """The history asked for was compacted away (a watch cursor that is too old)."""
+
+    code = "gone"
+    http_status = 410
+
+
 class Unavailable(TideError):
     code = "unavailable"
     http_status = 503
+
+
+class NotLeader(Unavailable):
+    """This node does not lead the shard. ``details``: ``leader`` (node id or None) and
+    ``leader_url`` (the leader's HTTP base URL, or None when no leader is known); the
+    HTTP layer proxies the request there."""
+
+    code = "not_leader"
+
+
+class Timeout(Unavailable):
+    """The request did not complete in time (no quorum, leader change); its outcome is
+    unknown: retry with the same Idempotency-Key."""
+
+    code = "timeout"
 
 
 class StoreClosed(TideError):
@@ -134,6 +159,7 @@ class CorruptionError(StorageError):
 __all__ = [
     "Conflict",
     "CorruptionError",
+    "Gone",
     "InvalidInput",
     "InvalidJSON",
     "InvalidKey",
@@ -142,11 +168,13 @@ __all__ = [
     "KeyNotFound",
     "KeyTooLarge",
     "NotFound",
+    "NotLeader",
     "PreconditionFailed",
     "Siblings",
     "StorageError",
     "StoreClosed",
     "TideError",
+    "Timeout",
     "Unavailable",
     "ValueTooLarge",
     "VersionNotFound",

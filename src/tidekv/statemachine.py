@@ -12,7 +12,8 @@ Layout in the engine (every key starts with a one-byte tag)::
     V<version id>           -> revision (8 bytes big-endian) + Version.encode()
     D<version id>           -> the version's value bytes (absent for tombstones)
     C<revision 8 bytes BE>  -> ChangeRecord: version id, key, clock after the change
-    M<name>                 -> store metadata (origin, format)
+    M<name>                 -> store metadata (origin, format, the Raft applied index)
+    I<idempotency key>      -> the outcome of the first request with that key (replicated)
 
 A change writes K, V, D (unless a tombstone) and C in one atomic write batch, so a
 crash never leaves a version without its key record or change-log entry, or the reverse.
@@ -25,13 +26,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
+from tidekv import errors
 from tidekv.errors import (
     CorruptionError,
     KeyNotFound,
     PreconditionFailed,
+    TideError,
     VersionNotFound,
 )
 from tidekv.storage import Engine, Op, prefix_end
@@ -46,6 +50,7 @@ from tidekv.versioning import (
 )
 
 K, V, D, C, M = b"K", b"V", b"D", b"C", b"M"
+IDEM = b"I"
 _REV = struct.Struct(">Q")
 
 FORMAT_VERSION = 1
@@ -99,6 +104,13 @@ def meta_key(name: str) -> bytes:
     return M + name.encode()
 
 
+def idem_key(idempotency_key: str) -> bytes:
+    return IDEM + idempotency_key.encode()
+
+
+APPLIED_KEY = meta_key("applied")
+
+
 @dataclass(frozen=True, slots=True)
 class WriteCommand:
     """One change, complete enough to be applied identically on every replica.
@@ -118,6 +130,7 @@ class WriteCommand:
     if_none_match: bool = False
     parents: tuple[str, ...] | None = None
     require_exists: bool = False  # deletes: 404 when there is nothing to delete
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +170,67 @@ class Change:
         return "delete" if self.deleted else "put"
 
 
+class _Outcome(msgspec.Struct, array_like=True, frozen=True):
+    """What ``I<idempotency key>`` holds: a result, or the error the request got."""
+
+    key: str
+    version: str = ""
+    parents: tuple[str, ...] = ()
+    revision: int = 0
+    hlc_wall: int = 0
+    hlc_logical: int = 0
+    deleted: bool = False
+    heads: tuple[str, ...] = ()
+    error: str = ""  # the error class name; empty for a result
+    message: str = ""
+    details: dict[str, Any] = {}
+
+
+_outcome_dec = msgspec.msgpack.Decoder(_Outcome)
+
+
+def _encode_outcome(outcome: WriteResult | TideError) -> bytes:
+    if isinstance(outcome, WriteResult):
+        return _key_enc.encode(
+            _Outcome(
+                outcome.key,
+                outcome.version,
+                outcome.parents,
+                outcome.revision,
+                outcome.hlc.wall,
+                outcome.hlc.logical,
+                outcome.deleted,
+                outcome.heads,
+            )
+        )
+    return _key_enc.encode(
+        _Outcome(
+            str(outcome.details.get("key", "")),
+            error=type(outcome).__name__,
+            message=outcome.message,
+            details=outcome.details,
+        )
+    )
+
+
+def _decode_outcome(raw: bytes) -> WriteResult | TideError:
+    o = _outcome_dec.decode(raw)
+    if o.error:
+        cls = getattr(errors, o.error, None)
+        if not (isinstance(cls, type) and issubclass(cls, TideError)):
+            cls = TideError
+        return cls(o.message, **o.details)
+    return WriteResult(
+        key=o.key,
+        version=o.version,
+        parents=o.parents,
+        revision=o.revision,
+        hlc=HLCTimestamp(o.hlc_wall, o.hlc_logical),
+        deleted=o.deleted,
+        heads=o.heads,
+    )
+
+
 def decode_key_record(raw: bytes) -> KeyRecord:
     try:
         return _key_dec.decode(raw)
@@ -180,11 +254,12 @@ class StateMachine:
 
     def __init__(self, engine: Engine, *, resolver: str | Resolver = "lww", sync: bool = True):
         self.engine = engine
-        self.resolver: Resolver = (
-            get_resolver(resolver) if isinstance(resolver, str) else resolver
-        )
+        self.resolver: Resolver = get_resolver(resolver) if isinstance(resolver, str) else resolver
         self.sync = sync
         self.revision, self.clock = self._recover_position()
+        raw = engine.get(APPLIED_KEY)
+        self.applied = 0 if raw is None else _REV.unpack(raw)[0]
+        """The last Raft entry applied (0 for an embedded store)."""
 
     # -- recovery ---------------------------------------------------------------
 
@@ -234,13 +309,60 @@ class StateMachine:
     def apply(self, cmd: WriteCommand) -> WriteResult:
         """Apply one change as one atomic engine batch; raise before writing anything
         when a precondition fails."""
+        ops, result, clock = self._plan(cmd)
+        self.engine.write_batch(ops, sync=self.sync)
+        self.revision, self.clock = result.revision, clock
+        return result
+
+    def apply_entry(self, cmd: WriteCommand, index: int) -> WriteResult | TideError:
+        """The replicated write path: apply the command of the Raft entry at ``index``.
+
+        Deterministic on every replica: the outcome (a result, or the error a failed
+        precondition gives) is returned, not raised, and ONE batch writes the change,
+        the applied index and, with an idempotency key, the outcome under that key, so
+        a retried request returns the first outcome and creates no second version. An
+        entry at or below the applied index (replayed after a restart) changes nothing.
+        """
+        if index <= self.applied:
+            raise CorruptionError(f"entry {index} applied twice (applied {self.applied})")
+        idem = cmd.idempotency_key
+        if idem is not None:
+            prior = self.idempotent_outcome(idem)
+            if prior is not None:
+                self.engine.write_batch([(APPLIED_KEY, _REV.pack(index))], sync=False)
+                self.applied = index
+                return prior
+        outcome: WriteResult | TideError
+        try:
+            ops, outcome, clock = self._plan(cmd)
+        except TideError as exc:
+            ops, outcome, clock = [], exc, self.clock
+        ops.append((APPLIED_KEY, _REV.pack(index)))
+        if idem is not None:
+            ops.append((idem_key(idem), _encode_outcome(outcome)))
+        self.engine.write_batch(ops, sync=False)
+        self.applied = index
+        if isinstance(outcome, WriteResult):
+            self.revision, self.clock = outcome.revision, clock
+        return outcome
+
+    def mark_applied(self, index: int) -> None:
+        """Record that Raft entry ``index`` (a no-op or membership entry) was applied."""
+        if index > self.applied:
+            self.engine.write_batch([(APPLIED_KEY, _REV.pack(index))], sync=False)
+            self.applied = index
+
+    def idempotent_outcome(self, idempotency_key: str) -> WriteResult | TideError | None:
+        raw = self.engine.get(idem_key(idempotency_key))
+        return None if raw is None else _decode_outcome(raw)
+
+    def _plan(self, cmd: WriteCommand) -> tuple[list[Op], WriteResult, HLCTimestamp]:
+        """The engine ops of one change and its result; raises when a precondition fails."""
         current = self.key_record(cmd.key)
         heads: tuple[str, ...] = current.heads if current is not None else ()
         absent = current is None or (current.deleted and len(heads) <= 1)
         if cmd.if_none_match and not absent:
-            raise PreconditionFailed(
-                f"key {cmd.key!r} exists", key=cmd.key, heads=list(heads)
-            )
+            raise PreconditionFailed(f"key {cmd.key!r} exists", key=cmd.key, heads=list(heads))
         if cmd.if_match is not None and heads != (cmd.if_match,):
             raise PreconditionFailed(
                 f"version {cmd.if_match} is not the sole current head of {cmd.key!r}",
@@ -298,16 +420,18 @@ class StateMachine:
         ]
         if cmd.value is not None:
             ops.append((value_key(version.id), cmd.value))
-        self.engine.write_batch(ops, sync=self.sync)
-        self.revision, self.clock = revision, clock
-        return WriteResult(
-            key=cmd.key,
-            version=version.id,
-            parents=version.parents,
-            revision=revision,
-            hlc=version.hlc,
-            deleted=version.deleted,
-            heads=new_heads,
+        return (
+            ops,
+            WriteResult(
+                key=cmd.key,
+                version=version.id,
+                parents=version.parents,
+                revision=revision,
+                hlc=version.hlc,
+                deleted=version.deleted,
+                heads=new_heads,
+            ),
+            clock,
         )
 
     def _resolve(

@@ -46,8 +46,10 @@ def test_put_get_history_diff_rollback_ls_del(tmp_path: Path) -> None:
     assert table.returncode == 0 and v2["version"][:12].encode() in table.stdout
 
     d = ok_json("diff", "user/1", v1["version"], v2["version"], path=db)
-    assert d == {"format": "json-patch",
-                 "changes": [{"op": "replace", "path": "/name", "value": "Ada L."}]}
+    assert d == {
+        "format": "json-patch",
+        "changes": [{"op": "replace", "path": "/name", "value": "Ada L."}],
+    }
 
     rb = ok_json("rollback", "user/1", v1["version"], path=db)
     assert rb["parents"] == [v2["version"]]

@@ -8,15 +8,13 @@ the window is an APP_RESP for those very messages, which will never come. etcd f
 one slot on every heartbeat response (``Inflights.FreeFirstOne``, later
 ``MsgAppFlowPaused = false``) for exactly this reason.
 
-The tests are ``xfail(strict=True)``: they fail today because of the core, and will
-XPASS (and so fail, as a reminder to drop the marker) once the core is fixed.
+Fixed in ``Raft._step_leader`` (HEARTBEAT_RESP frees one slot of a full window, as
+etcd does); these tests failed before the fix and guard it.
 """
 
 from __future__ import annotations
 
 import random
-
-import pytest
 
 from tidekv.raft import (
     Config,
@@ -71,7 +69,6 @@ def _pump(nodes: dict[int, tuple[RawNode, MemoryStorage]], drop) -> None:  # typ
             return
 
 
-@pytest.mark.xfail(strict=True, reason="FOUND.md bug 1: full in-flight window never recovers")
 def test_follower_catches_up_after_its_whole_inflight_window_was_lost() -> None:
     nodes = _cluster(3, max_inflight=4)
     leader = nodes[1][0]
@@ -96,7 +93,6 @@ def test_follower_catches_up_after_its_whole_inflight_window_was_lost() -> None:
     assert nodes[3][0].status().last_index == base + 4, nodes[1][0].status().progress[3]
 
 
-@pytest.mark.xfail(strict=True, reason="FOUND.md bug 1: full in-flight window never recovers")
 def test_seed_41_replay_converges() -> None:
     """A simulator run that shows it (replay: see FOUND.md)."""
     r = run_one(41, nodes=5, ticks=400, faults=FaultConfig.parse("all"))

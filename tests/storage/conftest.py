@@ -17,6 +17,7 @@ from tidekv.storage import ENGINES, Engine, open_engine
 #: Engines that promise durability (``sync=True`` survives a crash).
 DURABLE = [name for name in ENGINES if name != "memory"]
 
+
 @pytest.fixture(params=list(ENGINES))
 def engine_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -183,8 +183,7 @@ def test_compare_and_set(store: Store) -> None:
 
 
 def test_limits_and_bad_input_write_nothing(tmp_path: Path, clock: FakeClock) -> None:
-    with tidekv.open(str(tmp_path), "lsm", clock=clock, max_key_bytes=8,
-                     max_value_bytes=16) as s:
+    with tidekv.open(str(tmp_path), "lsm", clock=clock, max_key_bytes=8, max_value_bytes=16) as s:
         for bad in ["", 5, "\ud800"]:
             with pytest.raises(InvalidKey):
                 s.put(bad, "x")  # type: ignore[arg-type]
@@ -371,11 +370,18 @@ def test_reopen_keeps_everything_and_the_clock_stays_monotonic(
         assert s.verify() == {"keys": 2, "versions": 5, "revision": 5}
 
 
-def _remote_write(store: Store, key: str, value: bytes, wall: int, origin: str,
-                  parents: tuple[str, ...]) -> str:
+def _remote_write(
+    store: Store, key: str, value: bytes, wall: int, origin: str, parents: tuple[str, ...]
+) -> str:
     return store.sm.apply(
-        WriteCommand(key=key, value=value, content_type="application/octet-stream",
-                     hlc=HLCTimestamp(wall, 0), origin=origin, parents=parents)
+        WriteCommand(
+            key=key,
+            value=value,
+            content_type="application/octet-stream",
+            hlc=HLCTimestamp(wall, 0),
+            origin=origin,
+            parents=parents,
+        )
     ).version
 
 

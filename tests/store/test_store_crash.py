@@ -90,7 +90,5 @@ def test_sigkill_during_writes_loses_no_acknowledged_write(engine: str, tmp_path
                         s.get(key)
                 elif heads == [version]:
                     assert s.get(key).json()["i"] == int(what)
-            present = {
-                v.version.id for k in latest for v in s.history(k)
-            }
+            present = {v.version.id for k in latest for v in s.history(k)}
             assert all_versions <= present, seed

@@ -43,6 +43,11 @@ class Inflights:
         while q and q[0] <= index:
             q.popleft()
 
+    def free_first_one(self) -> None:
+        """Forget the oldest message in flight (it is presumed lost)."""
+        if self._q:
+            self._q.popleft()
+
     def full(self) -> bool:
         return len(self._q) >= self.size
 

@@ -94,6 +94,8 @@ class Raft:
         self.clock = 0
         """Ticks since start; the leader measures its lease with it."""
         self.lead_transferee = NONE
+        self.timeout_now_term = 0
+        """The last term in which this node, as leader, sent TimeoutNow (no lease after)."""
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
         self.pending_reads: list[Message] = []
@@ -494,6 +496,11 @@ class Raft:
         elif t == MT.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
+            if pr.state == ProgressState.REPLICATE and pr.inflights.full():
+                # the follower answers but no append ack came back: the window was lost
+                # (dropped, partitioned). Free one slot so replication resumes; without
+                # this the follower stalls until the next leader change.
+                pr.inflights.free_first_one()
             if pr.match < self.log.last_index():
                 self._send_append(m.frm)
             if m.frm in self.voters:
@@ -616,7 +623,7 @@ class Raft:
         while self._send_append(frm, send_if_empty=False):
             pass
         if frm == self.lead_transferee and pr.match == self.log.last_index():
-            self.send(Message(MT.TIMEOUT_NOW, to=frm, frm=self.id, term=self.term))
+            self._send_timeout_now(frm)
 
     def _maybe_commit(self) -> bool:
         """§5.3/§5.4.2: commit the quorum's match index if it is of the current term."""
@@ -635,6 +642,14 @@ class Raft:
             self._release_pending_reads()
             self.bcast_append()
 
+    def _send_timeout_now(self, target: int) -> None:
+        # A TimeoutNow cannot be recalled: if it arrives after the transfer was abandoned,
+        # voters elect the target without waiting out this leader's lease. So once one is
+        # sent, this leader's lease is never trusted again in this term (reads fall back
+        # to ReadIndex rounds, which stay safe).
+        self.timeout_now_term = self.term
+        self.send(Message(MT.TIMEOUT_NOW, to=target, frm=self.id, term=self.term))
+
     def _leader_transfer(self, target: int, pr: Progress) -> None:
         if pr.is_learner:
             return
@@ -647,7 +662,7 @@ class Raft:
         self.election_elapsed = 0  # the transfer must finish within an election timeout
         self.lead_transferee = target
         if pr.match == self.log.last_index():
-            self.send(Message(MT.TIMEOUT_NOW, to=target, frm=self.id, term=self.term))
+            self._send_timeout_now(target)
         else:
             self._send_append(target)
 
@@ -676,7 +691,7 @@ class Raft:
 
     def lease_valid(self) -> bool:
         """True while a quorum acknowledged a heartbeat sent less than a lease ago."""
-        if self.lead_transferee != NONE:
+        if self.lead_transferee != NONE or self.timeout_now_term == self.term:
             return False
         acks = dict(self.lease_acks)
         acks[self.id] = self.clock

@@ -134,8 +134,13 @@ def canonical_version_bytes(
         ps = [p.encode() for p in unique]
     except (AttributeError, UnicodeEncodeError):
         # not str, or not encodable: let the checking helpers name the culprit
-        for name, text in (("key", key), ("digest", digest), ("origin", origin),
-                           ("content_type", content_type), ("author", author)):
+        for name, text in (
+            ("key", key),
+            ("digest", digest),
+            ("origin", origin),
+            ("content_type", content_type),
+            ("author", author),
+        ):
             _utf8(name, text)
         for p in unique:
             _utf8("parent", p)
@@ -146,8 +151,16 @@ def canonical_version_bytes(
         parts.append(pack(len(pb)))
         parts.append(pb)
     parts += (
-        pack(len(d)), d, hlc.encode(), pack(len(o)), o, b"\x01" if deleted else b"\x00",
-        pack(len(c)), c, pack(len(a)), a,
+        pack(len(d)),
+        d,
+        hlc.encode(),
+        pack(len(o)),
+        o,
+        b"\x01" if deleted else b"\x00",
+        pack(len(c)),
+        c,
+        pack(len(a)),
+        a,
     )
     return b"".join(parts)
 
