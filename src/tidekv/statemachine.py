@@ -24,7 +24,7 @@ store's HLC, so both survive a restart without an extra write.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -346,10 +346,12 @@ class StateMachine:
             self.revision, self.clock = outcome.revision, clock
         return outcome
 
-    def mark_applied(self, index: int) -> None:
-        """Record that Raft entry ``index`` (a no-op or membership entry) was applied."""
+    def mark_applied(self, index: int, extra: Sequence[Op] = ()) -> None:
+        """Record that Raft entry ``index`` (a no-op or membership entry) was applied,
+        in one batch with ``extra`` (e.g. the node address book a membership entry
+        changes)."""
         if index > self.applied:
-            self.engine.write_batch([(APPLIED_KEY, _REV.pack(index))], sync=False)
+            self.engine.write_batch([*extra, (APPLIED_KEY, _REV.pack(index))], sync=False)
             self.applied = index
 
     def idempotent_outcome(self, idempotency_key: str) -> WriteResult | TideError | None:
