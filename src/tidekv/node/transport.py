@@ -1,0 +1,764 @@
+"""Peer transport: Raft messages of many groups between tidekv nodes over TCP (asyncio).
+
+A node hosts many Raft groups (one per shard), so every message travels with its group
+id, and all the messages one node sends to one peer during one event-loop iteration
+share **one frame and one write**: :meth:`PeerTransport.send` only queues, and a flush
+scheduled with ``loop.call_soon`` on the first enqueue encodes one frame per destination.
+
+Frame format (every connection, both kinds)::
+
+    +----------------------+--------------------------------------------------+
+    | length: u32 big-end. | payload: msgpack, ``length`` bytes                |
+    +----------------------+--------------------------------------------------+
+    payload = [sender_node_id, [[group, message], [group, message], ...]]
+
+``message`` is the raft package's own msgpack form of :class:`~tidekv.raft.Message`
+(exactly what :func:`~tidekv.raft.encode_message` produces), written inline by the same
+encoder call as the frame rather than nested as a byte string: measured on this machine,
+that encodes ~1.4-2x faster than nesting ``encode_message`` bytes and decodes 1.1-2.4x
+faster (an ``array_like`` mirror Struct is 5x smaller for an empty heartbeat but its
+per-message conversion costs more CPU than the bytes save on loopback). Each frame names
+its sender, so there is no handshake and any frame can be read alone. A receiver closes a
+connection whose frame announces more than ``max_frame_size`` bytes (default 512 MiB: a
+snapshot travels whole in one frame) or whose payload does not decode; the sender drops a
+frame it would not accept itself.
+
+Connections are one-directional, like etcd's rafthttp streams: each node dials every
+peer for sending (one long-lived *stream* connection per peer) and accepts inbound
+connections for receiving; a peer never writes back on a connection it accepted. A
+message of type ``SNAP`` (InstallSnapshot) does not ride the stream: it gets a
+connection of its own, opened for it and closed after it, so a big snapshot neither
+holds back heartbeats behind it nor needs the stream's write buffer, and "fully written
+to the socket" is observable (the close completes once the kernel has every byte).
+
+Delivery guarantees:
+
+* **at most once**: nothing is retried or persisted here; Raft retransmits.
+* **per-connection order**: frames, and the messages within a frame, are delivered in
+  the order they were sent on one connection. Nothing is promised across a reconnect,
+  nor between the stream and a snapshot connection.
+* **drops are reported**: a message that is dropped (peer unknown or disconnected, send
+  buffer above its high-water mark, too many queued in one iteration, frame too big)
+  causes ``on_unreachable(peer)``, and a connection that fails or is lost does too; a
+  snapshot message always ends in exactly one ``on_snapshot_status(group, to, ok)``
+  (unless the transport is closed first). The driver turns those into
+  ``RawNode.report_unreachable`` / ``report_snapshot``.
+
+Backpressure never blocks: while a peer is disconnected (redialled with exponential
+backoff and jitter from an injectable ``random.Random``) or its socket's write buffer is
+above ``high_water`` bytes, its messages are dropped and reported, never queued without
+bound. :meth:`~PeerTransport.send` never raises. Callbacks run on the event loop, never
+inside ``send`` itself, and an exception raised by a callback is logged, not propagated.
+
+Built on ``asyncio.Protocol`` rather than streams (no per-read coroutine, no
+``StreamReader`` copy; ``bench/transport.py`` measures it) and runs unchanged on uvloop
+or the default loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+from collections.abc import Callable, Iterable
+from typing import cast
+
+import msgspec
+
+from tidekv.raft.types import Message, MessageType
+
+__all__ = ["DEFAULT_MAX_FRAME_SIZE", "PeerTransport", "decode_frame", "encode_frame"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_FRAME_SIZE = 512 * 1024 * 1024
+"""Largest payload a frame may carry (bytes); snapshots travel whole in one frame."""
+
+_HEADER = struct.Struct(">I")
+_HEADER_SIZE = _HEADER.size
+_MAX_LENGTH_FIELD = 2**32 - 1
+_SNAP = MessageType.SNAP
+
+OnMessages = Callable[[int, list[tuple[int, Message]]], None]
+OnUnreachable = Callable[[int], None]
+OnSnapshotStatus = Callable[[int, int, bool], None]
+
+
+class _Frame(msgspec.Struct, array_like=True, gc=False):
+    """One frame's payload: who sent it, and ``(group, message)`` pairs in send order."""
+
+    sender: int
+    msgs: list[tuple[int, Message]]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Frame)
+
+
+def encode_frame(sender: int, msgs: list[tuple[int, Message]]) -> bytearray:
+    """The whole frame (length header included) for ``msgs`` sent by ``sender``."""
+    buf = bytearray(_HEADER_SIZE)
+    _encoder.encode_into(_Frame(sender, msgs), buf, _HEADER_SIZE)
+    _HEADER.pack_into(buf, 0, len(buf) - _HEADER_SIZE)
+    return buf
+
+
+def decode_frame(payload: bytes | bytearray | memoryview) -> tuple[int, list[tuple[int, Message]]]:
+    """Inverse of :func:`encode_frame` for the payload (header excluded).
+
+    Raises ``msgspec.DecodeError`` (or its subclass ``ValidationError``) on bad input.
+    """
+    frame = _decoder.decode(payload)
+    return frame.sender, frame.msgs
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``) -> ``(host, port)``; ValueError if malformed."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"peer address must be 'host:port', got {address!r}")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"peer port out of range in {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+class _Outbound(asyncio.Protocol):
+    """The sending side of a connection we dialled (the stream, or one snapshot)."""
+
+    __slots__ = ("high_water", "lost", "paused", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, high_water: int) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+        self.high_water = high_water
+        self.lost: asyncio.Future[bool] = loop.create_future()
+        """Resolves when the connection is gone: True if it closed cleanly."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop: no subclass
+        transport.set_write_buffer_limits(high=self.high_water)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.paused = True
+        if not self.lost.done():
+            self.lost.set_result(exc is None)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    def data_received(self, data: bytes) -> None:
+        """Peers never answer on a connection they accepted; ignore anything that comes."""
+
+    def eof_received(self) -> bool:
+        return False  # the peer is going away: close our side too
+
+
+class _Inbound(asyncio.Protocol):
+    """The receiving side of a connection a peer dialled: split frames, decode, deliver."""
+
+    __slots__ = ("_buf", "_dead", "_owner", "lost", "transport")
+
+    def __init__(self, owner: PeerTransport, loop: asyncio.AbstractEventLoop) -> None:
+        self._owner = owner
+        self._buf = bytearray()
+        self._dead = False
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop: no subclass
+        if self._owner._closed:
+            self._dead = True
+            transport.abort()
+            return
+        self._owner._inbound.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._dead = True
+        self._owner._inbound.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        if self._dead:
+            return
+        owner = self._owner
+        owner.bytes_received += len(data)
+        # Parse straight from ``data`` when nothing is buffered (the common case: no copy).
+        buf: bytes | bytearray
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = data
+        end = len(buf)
+        pos = 0
+        limit = owner.max_frame_size
+        while end - pos >= _HEADER_SIZE:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            if size > limit:
+                self._reject(f"frame of {size} bytes exceeds the {limit}-byte limit")
+                return
+            stop = pos + _HEADER_SIZE + size
+            if stop > end:
+                break
+            try:
+                frame = _decoder.decode(memoryview(buf)[pos + _HEADER_SIZE : stop])
+            except msgspec.DecodeError as e:
+                self._reject(f"undecodable frame: {e}")
+                return
+            if frame.sender <= 0:
+                self._reject(f"invalid sender id {frame.sender}")
+                return
+            pos = stop
+            owner._deliver(frame.sender, frame.msgs)
+            if self._dead:  # a callback closed the transport
+                return
+        if buf is data:
+            if pos < end:
+                self._buf = bytearray(data[pos:])
+        elif pos:
+            del self._buf[:pos]
+
+    def _reject(self, why: str) -> None:
+        self._dead = True
+        self._buf = bytearray()
+        owner = self._owner
+        owner.frames_rejected += 1
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        logger.warning("node %d: closing inbound connection from %s: %s", owner.node_id, peer, why)
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Peer:
+    """What the transport knows about one destination node."""
+
+    __slots__ = (
+        "address",
+        "conn",
+        "dialer",
+        "dirty",
+        "ever_connected",
+        "host",
+        "node_id",
+        "pending",
+        "port",
+        "snap_tasks",
+        "snaps",
+        "up",
+    )
+
+    def __init__(self, node_id: int, address: str) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.host, self.port = parse_address(address)
+        self.pending: list[tuple[int, Message]] = []
+        self.snaps: list[tuple[int, Message]] = []
+        self.dirty = False
+        self.conn: _Outbound | None = None
+        self.dialer: asyncio.Task[None] | None = None
+        self.snap_tasks: set[asyncio.Task[None]] = set()
+        self.ever_connected = False
+        self.up = asyncio.Event()
+
+
+class PeerTransport:
+    """Sends and receives framed Raft messages of many groups; see the module docstring.
+
+    ``on_messages(from_node, [(group, msg), ...])`` is called on the event loop with every
+    message of one received frame, in order. ``on_unreachable(peer)`` is called when a
+    connection to ``peer`` fails or is lost, or messages to it are dropped (at most once
+    per peer per flush). ``on_snapshot_status(group, to_node, ok)`` is called once per
+    ``SNAP`` message: ok=True once the frame carrying it was fully written to the socket,
+    ok=False if it was dropped or the connection failed. No callback is made after
+    :meth:`close` starts.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        *,
+        on_messages: OnMessages,
+        on_unreachable: OnUnreachable | None = None,
+        on_snapshot_status: OnSnapshotStatus | None = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        high_water: int = 16 * 1024 * 1024,
+        max_pending: int = 65536,
+        max_snapshot_sends: int = 4,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        connect_timeout: float = 5.0,
+        snapshot_stall_timeout: float = 30.0,
+        close_timeout: float = 1.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Options (all per destination peer unless said otherwise):
+
+        * ``max_frame_size``: largest payload accepted and sent (bytes, < 4 GiB).
+        * ``high_water``: socket write-buffer size above which messages are dropped.
+        * ``max_pending``: messages in one frame; the excess of an iteration is dropped.
+        * ``max_snapshot_sends``: snapshots in flight at once; more fail at once.
+        * ``backoff_initial`` / ``backoff_max``: redial delay bounds (seconds), doubled per
+          failed attempt, with jitter in [delay/2, delay] drawn from ``rng``.
+        * ``connect_timeout``: one dial attempt (seconds).
+        * ``snapshot_stall_timeout``: a snapshot send that makes no progress for this long
+          fails.
+        * ``close_timeout``: how long :meth:`close` lets stream connections flush.
+        """
+        if node_id <= 0:
+            raise ValueError("node_id must be a positive int")
+        if not 0 < max_frame_size <= _MAX_LENGTH_FIELD:
+            raise ValueError("max_frame_size must be in 1 .. 2**32-1")
+        if not 0 < backoff_initial <= backoff_max:
+            raise ValueError("need 0 < backoff_initial <= backoff_max")
+        self.node_id = node_id
+        self.max_frame_size = max_frame_size
+        self._on_messages = on_messages
+        self._on_unreachable = on_unreachable
+        self._on_snapshot_status = on_snapshot_status
+        self._high_water = high_water
+        self._max_pending = max_pending
+        self._max_snapshot_sends = max_snapshot_sends
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._connect_timeout = connect_timeout
+        self._snapshot_stall_timeout = snapshot_stall_timeout
+        self._close_timeout = close_timeout
+        self._rng = rng if rng is not None else random.Random()
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._closed = False
+        self._peers: dict[int, _Peer] = {}
+        self._dirty: list[_Peer] = []  # peers with something queued, in first-send order
+        self._nobody = _Peer(0, "0.0.0.0:1")  # stands for unknown destinations in _dirty
+        self._accepting = False  # send() queues only between start() and close()
+        self._flush_handle: asyncio.Handle | None = None
+        self._unknown: list[tuple[int, Message]] = []
+        self._inbound: set[_Inbound] = set()
+        self._retiring: set[asyncio.Task[None]] = set()  # tasks of removed peers
+        self.port = 0
+        """The port listened on (after :meth:`start`)."""
+
+        # counters, read by the node for metrics (see stats())
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        self.msgs_sent = 0
+        self.frames_received = 0
+        self.bytes_received = 0
+        self.msgs_received = 0
+        self.msgs_dropped = 0
+        self.frames_rejected = 0
+        self.connects = 0
+        self.reconnects = 0
+        self.connect_failures = 0
+        self.disconnects = 0
+        self.snapshots_sent = 0
+        self.snapshots_failed = 0
+        self.callback_errors = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (port 0: any free port, see ``.port``) and dial peers."""
+        if self._loop is not None:
+            raise RuntimeError("PeerTransport.start() called twice")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._accepting = True
+        self._server = await loop.create_server(
+            lambda: _Inbound(self, loop), host, port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        for peer in self._peers.values():
+            self._start_dialer(peer)
+
+    async def close(self) -> None:
+        """Stop listening, flush what is queued, close every connection; idempotent.
+
+        Stream connections get ``close_timeout`` seconds to hand their buffered bytes to
+        the kernel, then are aborted. Snapshot sends in flight are cancelled unreported.
+        """
+        if self._closed:
+            return
+        self._closed = True  # from here on: no callbacks, no new connections
+        self._accepting = False
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()  # last words (a TimeoutNow, a final heartbeat) still leave
+        if self._server is not None:
+            self._server.close()
+        tasks: list[asyncio.Task[None]] = list(self._retiring)
+        conns: list[_Outbound] = []
+        for peer in self._peers.values():
+            if peer.conn is not None:
+                conns.append(peer.conn)
+            tasks.extend(self._stop_peer(peer))
+        for conn in conns:
+            if conn.transport is not None:
+                conn.transport.close()
+        await self._wait_lost(conns)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        inbound = list(self._inbound)
+        for proto in inbound:
+            if proto.transport is not None:
+                proto.transport.abort()
+        if inbound:
+            await asyncio.gather(*(p.lost for p in inbound))
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _wait_lost(self, conns: list[_Outbound]) -> None:
+        pending = {c.lost for c in conns if not c.lost.done()}
+        if not pending:
+            return
+        _, pending = await asyncio.wait(pending, timeout=self._close_timeout)
+        if pending:
+            for c in conns:
+                if not c.lost.done() and c.transport is not None:
+                    c.transport.abort()
+            await asyncio.wait(pending)
+
+    # -- membership -----------------------------------------------------------------------
+
+    def set_peer(self, node_id: int, address: str) -> None:
+        """Send to ``node_id`` at ``"host:port"`` (redialled if the address changed)."""
+        if self._closed:
+            return
+        old = self._peers.get(node_id)
+        if old is not None:
+            if old.address == address:
+                return
+            self.remove_peer(node_id)
+        peer = _Peer(node_id, address)
+        self._peers[node_id] = peer
+        if self._loop is not None:
+            self._start_dialer(peer)
+
+    def remove_peer(self, node_id: int) -> None:
+        """Forget ``node_id``: close its connections; queued messages are dropped silently."""
+        peer = self._peers.pop(node_id, None)
+        if peer is not None:
+            for task in self._stop_peer(peer):
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+
+    def _stop_peer(self, peer: _Peer) -> list[asyncio.Task[None]]:
+        peer.pending = []
+        peer.snaps = []
+        tasks = list(peer.snap_tasks)
+        if peer.dialer is not None:
+            tasks.append(peer.dialer)
+        for t in tasks:
+            t.cancel()
+        return tasks
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, group: int, msgs: Iterable[Message]) -> None:
+        """Queue ``msgs`` of Raft group ``group`` for their ``to`` nodes; never blocks or raises.
+
+        Everything queued during one event-loop iteration leaves in the next one, one frame
+        per destination. Drops are reported through the callbacks, from the event loop.
+        """
+        if not self._accepting:  # before start() or after close()
+            return
+        peers = self._peers
+        try:
+            for m in msgs:
+                peer = peers.get(m.to)
+                if peer is None:
+                    self._unknown.append((group, m))
+                    peer = self._nobody
+                elif m.type is _SNAP:
+                    peer.snaps.append((group, m))
+                else:
+                    peer.pending.append((group, m))  # bounded per iteration in _flush
+                if not peer.dirty:
+                    peer.dirty = True
+                    self._dirty.append(peer)
+                    if self._flush_handle is None:
+                        loop = self._loop  # set whenever _accepting is
+                        assert loop is not None
+                        self._flush_handle = loop.call_soon(self._flush)
+        except Exception:  # a bad message must not take the driver down
+            logger.exception("node %d: send(group=%r) failed", self.node_id, group)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        unreachable: list[int] = []
+        dirty = self._dirty
+        self._dirty = []
+        for peer in dirty:
+            peer.dirty = False
+            if peer.pending:
+                batch = peer.pending
+                peer.pending = []
+                if len(batch) > self._max_pending:
+                    self.msgs_dropped += len(batch) - self._max_pending
+                    del batch[self._max_pending :]
+                    unreachable.append(peer.node_id)
+                if not self._write(peer, batch) and unreachable[-1:] != [peer.node_id]:
+                    unreachable.append(peer.node_id)
+            if peer.snaps:
+                snaps = peer.snaps
+                peer.snaps = []
+                if self._closed:
+                    continue
+                for group, m in snaps:
+                    self._start_snapshot(peer, group, m)
+        if self._unknown:
+            unknown = self._unknown
+            self._unknown = []
+            self.msgs_dropped += len(unknown)
+            for group, m in unknown:
+                if m.type is _SNAP:
+                    self._snapshot_done(group, m.to, False)
+            unreachable.extend(sorted({m.to for _, m in unknown}))
+        for node_id in unreachable:
+            self._report_unreachable(node_id)
+
+    def _write(self, peer: _Peer, batch: list[tuple[int, Message]]) -> bool:
+        """Write ``batch`` to ``peer`` as one frame; False if it was dropped."""
+        conn = peer.conn
+        if conn is None or conn.paused or conn.transport is None:
+            self.msgs_dropped += len(batch)
+            return False
+        try:
+            frame = encode_frame(self.node_id, batch)
+        except (TypeError, ValueError):  # not a Message: a caller's bug, not the peer's
+            logger.exception(
+                "node %d: cannot encode a frame to node %d", self.node_id, peer.node_id
+            )
+            self.msgs_dropped += len(batch)
+            return False
+        if len(frame) - _HEADER_SIZE > self.max_frame_size:
+            logger.warning(
+                "node %d: dropping a %d-byte frame to node %d (limit %d)",
+                self.node_id,
+                len(frame),
+                peer.node_id,
+                self.max_frame_size,
+            )
+            self.msgs_dropped += len(batch)
+            return False
+        conn.transport.write(frame)
+        self.frames_sent += 1
+        self.bytes_sent += len(frame)
+        self.msgs_sent += len(batch)
+        return True
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def _start_snapshot(self, peer: _Peer, group: int, m: Message) -> None:
+        if peer.conn is None or len(peer.snap_tasks) >= self._max_snapshot_sends:
+            self.msgs_dropped += 1
+            self._snapshot_done(group, peer.node_id, False)
+            if peer.conn is None:
+                self._report_unreachable(peer.node_id)
+            return
+        frame = encode_frame(self.node_id, [(group, m)])
+        if len(frame) - _HEADER_SIZE > self.max_frame_size:
+            logger.warning(
+                "node %d: snapshot of %d bytes for group %d exceeds the frame limit",
+                self.node_id,
+                len(frame),
+                group,
+            )
+            self.msgs_dropped += 1
+            self._snapshot_done(group, peer.node_id, False)
+            return
+        assert self._loop is not None
+        task = self._loop.create_task(self._send_snapshot(peer, group, frame))
+        peer.snap_tasks.add(task)
+        task.add_done_callback(peer.snap_tasks.discard)
+
+    async def _send_snapshot(self, peer: _Peer, group: int, frame: bytearray) -> None:
+        """Send one snapshot frame on a connection of its own, then report how it went."""
+        assert self._loop is not None
+        loop = self._loop
+        transport: asyncio.Transport | None = None
+        ok = False
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                transport, proto = await loop.create_connection(
+                    lambda: _Outbound(loop, self._high_water), peer.host, peer.port
+                )
+            size = len(frame)
+            transport.write(frame)
+            del frame
+            transport.close()  # completes (connection_lost(None)) once every byte is out
+            ok = await self._drained(transport, proto)
+            if ok:
+                self.frames_sent += 1
+                self.bytes_sent += size
+                self.msgs_sent += 1
+        except (OSError, TimeoutError) as e:
+            logger.info("node %d: snapshot to node %d failed: %s", self.node_id, peer.node_id, e)
+        finally:
+            if transport is not None and not ok:
+                transport.abort()
+        if not ok:
+            self.msgs_dropped += 1
+        self._snapshot_done(group, peer.node_id, ok)
+        if not ok:
+            self._report_unreachable(peer.node_id)
+
+    async def _drained(self, transport: asyncio.Transport, proto: _Outbound) -> bool:
+        """Wait for a closing snapshot connection; False if it failed or stalled."""
+        last = transport.get_write_buffer_size()
+        while True:
+            done, _ = await asyncio.wait({proto.lost}, timeout=self._snapshot_stall_timeout)
+            if done:
+                return proto.lost.result()
+            now = transport.get_write_buffer_size()
+            if now >= last:
+                logger.info("node %d: snapshot send stalled", self.node_id)
+                return False
+            last = now
+
+    def _snapshot_done(self, group: int, to: int, ok: bool) -> None:
+        if ok:
+            self.snapshots_sent += 1
+        else:
+            self.snapshots_failed += 1
+        cb = self._on_snapshot_status
+        if cb is None or self._closed:
+            return
+        try:
+            cb(group, to, ok)
+        except Exception:
+            self.callback_errors += 1
+            logger.exception("node %d: on_snapshot_status callback failed", self.node_id)
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _start_dialer(self, peer: _Peer) -> None:
+        assert self._loop is not None
+        peer.dialer = self._loop.create_task(self._dial(peer))
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self._backoff_max, self._backoff_initial * 2.0 ** min(attempt, 32))
+        return delay * (0.5 + 0.5 * self._rng.random())
+
+    async def _dial(self, peer: _Peer) -> None:
+        """Keep one stream connection to ``peer`` open for as long as it is a peer."""
+        assert self._loop is not None
+        loop = self._loop
+        attempt = 0
+        while True:
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    transport, proto = await loop.create_connection(
+                        lambda: _Outbound(loop, self._high_water), peer.host, peer.port
+                    )
+            except (OSError, TimeoutError) as e:
+                self.connect_failures += 1
+                logger.debug("node %d: dial node %d failed: %s", self.node_id, peer.node_id, e)
+                self._report_unreachable(peer.node_id)
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+                continue
+            self.connects += 1
+            if peer.ever_connected:
+                self.reconnects += 1
+            peer.ever_connected = True
+            connected_at = loop.time()
+            peer.conn = proto
+            peer.up.set()
+            try:
+                await asyncio.shield(proto.lost)
+            finally:
+                peer.conn = None
+                peer.up.clear()
+                if not proto.lost.done():  # cancelled: close() or remove_peer()
+                    transport.close()
+            self.disconnects += 1
+            self._report_unreachable(peer.node_id)
+            # A connection that lived long resets the backoff; one that dies at once
+            # (a peer accepting then closing) keeps backing off.
+            if loop.time() - connected_at >= self._backoff_max:
+                attempt = 0
+            await asyncio.sleep(self._backoff(attempt))
+            attempt += 1
+
+    # -- callbacks ------------------------------------------------------------------------
+
+    def _deliver(self, sender: int, msgs: list[tuple[int, Message]]) -> None:
+        self.frames_received += 1
+        self.msgs_received += len(msgs)
+        try:
+            self._on_messages(sender, msgs)
+        except Exception:
+            self.callback_errors += 1
+            logger.exception("node %d: on_messages callback failed", self.node_id)
+
+    def _report_unreachable(self, node_id: int) -> None:
+        cb = self._on_unreachable
+        if cb is None or self._closed:
+            return
+        try:
+            cb(node_id)
+        except Exception:
+            self.callback_errors += 1
+            logger.exception("node %d: on_unreachable callback failed", self.node_id)
+
+    # -- introspection --------------------------------------------------------------------
+
+    @property
+    def peers(self) -> dict[int, str]:
+        """A copy of the peer table: node id -> ``"host:port"``."""
+        return {nid: p.address for nid, p in self._peers.items()}
+
+    async def wait_connected(self, node_id: int) -> None:
+        """Return once the stream connection to peer ``node_id`` is up (KeyError if unknown).
+
+        For startup and tests: sends are dropped while it is down, so a caller that wants
+        its first messages delivered waits here first.
+        """
+        await self._peers[node_id].up.wait()
+
+    def connected(self, node_id: int) -> bool:
+        """Whether the stream connection to ``node_id`` is up (sends are not dropped)."""
+        peer = self._peers.get(node_id)
+        return peer is not None and peer.conn is not None
+
+    def stats(self) -> dict[str, int]:
+        """Counters since start (frames/bytes/messages sent and received, drops, dials), and
+        two gauges: ``peers_connected`` and ``send_buffer_bytes`` (all stream write buffers).
+        """
+        return {
+            "frames_sent": self.frames_sent,
+            "bytes_sent": self.bytes_sent,
+            "msgs_sent": self.msgs_sent,
+            "frames_received": self.frames_received,
+            "bytes_received": self.bytes_received,
+            "msgs_received": self.msgs_received,
+            "msgs_dropped": self.msgs_dropped,
+            "frames_rejected": self.frames_rejected,
+            "connects": self.connects,
+            "reconnects": self.reconnects,
+            "connect_failures": self.connect_failures,
+            "disconnects": self.disconnects,
+            "snapshots_sent": self.snapshots_sent,
+            "snapshots_failed": self.snapshots_failed,
+            "callback_errors": self.callback_errors,
+            "peers_connected": sum(p.conn is not None for p in self._peers.values()),
+            "send_buffer_bytes": sum(
+                p.conn.transport.get_write_buffer_size()
+                for p in self._peers.values()
+                if p.conn is not None and p.conn.transport is not None
+            ),
+        }
