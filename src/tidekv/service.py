@@ -111,6 +111,11 @@ class KVService(Protocol):
         ``hlc``, and for puts ``content_type`` plus ``value`` (JSON documents) or
         ``value_b64``. Raises :class:`~tidekv.errors.Gone` when the cursor is older than
         the retained history, :class:`~tidekv.errors.InvalidInput` for a malformed one.
+        Raise those when called (or on the first step, before any ``await``), so the
+        edge answers with their status; a later failure can only end the stream with an
+        SSE ``event: error``. An item with only ``cursor`` (no ``type``) is a position:
+        the edge sends it as an SSE ``id:`` without data, so a client that watches "from
+        now on", or skips changes outside its prefix, still resumes from the right place.
         """
         ...
 
@@ -130,3 +135,10 @@ class KVService(Protocol):
     def metrics_text(self) -> bytes:
         """The Prometheus text exposition of this node's metrics."""
         ...
+
+
+class ShardLocator(Protocol):
+    """Optional for a :class:`KVService`: which shard holds a key. The edge reports it
+    as the ``shard`` of write responses (and uses 0 for a service without it)."""
+
+    def shard_of(self, key: str) -> int: ...

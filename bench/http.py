@@ -1,0 +1,232 @@
+"""The HTTP edge vs. a hello-world ASGI app, side by side in one run.
+
+Both apps are served the same way (uvicorn, httptools, uvloop, one worker process, no
+access log) and driven by the same load generator: a raw asyncio HTTP/1.1 client in
+another process, ``--conns`` keep-alive connections, one request in flight on each.
+
+- hello:   ``GET /`` of a 12-line ASGI app answering ``hello`` (the ceiling);
+- get:     ``GET /v1/kv/<key>`` of :func:`tidekv.http.create_app` over a
+           :class:`~tidekv.localservice.LocalService` (one of 1,000 16-byte keys);
+- put:     ``PUT /v1/kv/<key>`` with a 100-byte value;
+- get/put with ``--engine lsm`` (RocksDB, writes not fsynced) besides ``memory``.
+
+Ratios are tidekv/hello. Not a test: the machine is shared and noisy; compare within a
+run. ``--metrics off`` measures the edge without its Prometheus instrumentation.
+
+    python bench/http.py                     # 5 s per case, 32 connections
+    python bench/http.py --seconds 3 --engine lsm --profile get
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's folder is sys.path[0] and its name would shadow the
+# standard library's ``http`` package (which uvicorn and httpx import): drop it.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import argparse
+import asyncio
+import cProfile
+import json
+import pstats
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+KEYS = [f"bench/{i:010d}" for i in range(1000)]  # 16 bytes
+VALUE = random.Random(7).randbytes(100)
+
+
+# -- the servers (run in a child process) -----------------------------------------------
+
+
+async def hello_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"5")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+def serve(kind: str, port: int, engine: str, metrics: bool, profile: bool) -> None:
+    from tidekv.http import server
+
+    app: Any = hello_app
+    tmp = None
+    if kind == "tidekv":
+        import tidekv
+        from tidekv.http import create_app
+        from tidekv.localservice import LocalService
+
+        tmp = tempfile.mkdtemp(prefix="tide-bench-http-")
+        store = tidekv.open(tmp, engine, sync=False)
+        for k in KEYS:
+            store.put(k, VALUE)
+        app = create_app(LocalService(store), metrics=metrics)
+    srv = server(app, "127.0.0.1", port, log_level="error")
+    prof = cProfile.Profile() if profile else None
+    try:
+        if prof is not None:
+            prof.enable()
+        srv.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if prof is not None:
+            prof.disable()
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- the load generator -------------------------------------------------------------------
+
+
+async def _connection(
+    port: int, requests: list[bytes], stop_at: float, counts: list[int], statuses: dict[int, int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = random.randrange(len(requests))
+    while time.perf_counter() < stop_at:
+        writer.write(requests[i % len(requests)])
+        i += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        statuses[status] = statuses.get(status, 0) + 1
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        await reader.readexactly(length)
+        counts[0] += 1
+    writer.close()
+
+
+async def _load(port: int, requests: list[bytes], conns: int, seconds: float) -> dict[str, Any]:
+    counts = [0]
+    statuses: dict[int, int] = {}
+    # warm up, then measure
+    await asyncio.gather(
+        *(_connection(port, requests, time.perf_counter() + 0.5, [0], {}) for _ in range(conns))
+    )
+    t0 = time.perf_counter()
+    await asyncio.gather(
+        *(_connection(port, requests, t0 + seconds, counts, statuses) for _ in range(conns))
+    )
+    elapsed = time.perf_counter() - t0
+    return {"rps": counts[0] / elapsed, "requests": counts[0], "statuses": statuses}
+
+
+def load(port: int, requests: list[bytes], conns: int, seconds: float) -> dict[str, Any]:
+    try:
+        import uvloop
+
+        return uvloop.run(_load(port, requests, conns, seconds))
+    except ImportError:
+        return asyncio.run(_load(port, requests, conns, seconds))
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+
+
+def _put(path: str) -> bytes:
+    head = (
+        f"PUT {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(VALUE)}\r\n\r\n"
+    )
+    return head.encode() + VALUE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_case(
+    kind: str, engine: str, requests: list[bytes], args: argparse.Namespace, profile: bool
+) -> dict[str, Any]:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        __file__,
+        "--serve",
+        kind,
+        "--port",
+        str(port),
+        "--engine",
+        engine,
+        "--metrics",
+        args.metrics,
+    ]
+    if profile:
+        cmd.append("--profile-server")
+    proc = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{kind} server did not start") from None
+                time.sleep(0.05)
+        return load(port, requests, args.conns, args.seconds)
+    finally:
+        proc.send_signal(signal.SIGINT)  # graceful: a profile is printed on the way out
+        proc.wait(30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--engine", action="append", help="memory (default) and/or lsm")
+    ap.add_argument("--metrics", choices=["on", "off"], default="on")
+    ap.add_argument("--profile", choices=["get", "put"], help="cProfile the server in this case")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--serve", choices=["hello", "tidekv"], help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-server", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    engines = args.engine or ["memory"]
+    if args.serve:
+        serve(args.serve, args.port, engines[0], args.metrics == "on", args.profile_server)
+        return
+
+    gets = [_get(f"/v1/kv/{k}") for k in KEYS]
+    puts = [_put(f"/v1/kv/{k}") for k in KEYS]
+    results: list[dict[str, Any]] = []
+    hello = run_case("hello", "memory", [_get("/")], args, False)
+    results.append({"case": "hello", "engine": "-", **hello})
+    for engine in engines:
+        for case, reqs in (("get", gets), ("put", puts)):
+            r = run_case("tidekv", engine, reqs, args, args.profile == case)
+            results.append({"case": case, "engine": engine, **r})
+    print(f"{'case':<8}{'engine':<8}{'req/s':>10}{'vs hello':>10}  statuses")
+    for r in results:
+        ratio = r["rps"] / hello["rps"]
+        print(f"{r['case']:<8}{r['engine']:<8}{r['rps']:>10,.0f}{ratio:>10.2f}  {r['statuses']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"conns": args.conns, "seconds": args.seconds, "results": results}, f)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
