@@ -621,7 +621,7 @@ def test_unknown_record_kind_is_corruption(tmp_path: Path) -> None:
 
 def test_undecodable_payload_is_corruption(tmp_path: Path) -> None:
     log = NodeLog(tmp_path / "w")
-    log.wal._put(walmod.ENTRIES, 1, msgspec.msgpack.encode(["not", "entries"]))
+    log.wal._put(walmod.ENTRIES, 1, msgspec.msgpack.encode(["not", "entries"]), None)
     log.close()
     with pytest.raises(CorruptionError, match="undecodable"):
         NodeLog(tmp_path / "w")

@@ -20,9 +20,10 @@ every group's writes with one ``fdatasync`` (group commit)::
 The in-memory copy of a group is a :class:`~tidekv.raft.storage.MemoryStorage` whose
 snapshot is the group's *compaction point* (index, term, membership) with no data: so
 the read side answers exactly as MemoryStorage does. A write first checks what
-MemoryStorage would refuse, then buffers its record, then changes the copy, all under
-the WAL's lock, so a checkpoint (taken by ``sync`` in another thread) sees the copy and
-the record stream at the same point.
+MemoryStorage would refuse, then buffers its record and changes the copy under the WAL's
+lock (the record's ``apply``), so a checkpoint taken by ``sync`` in another thread sees
+the copy and the record stream at the same point. A group is written from one thread
+at a time (the node's event loop); ``sync`` may run in any thread.
 
 Snapshot data is not in the WAL: the state machine (the engine) holds it. The driver
 makes the engine durable first, then records the compaction point here
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 
 from tidekv.errors import CorruptionError, InvalidInput
 from tidekv.node.wal import DEFAULT_MAX_SEGMENT_SIZE, MAX_GROUP_ID, WAL, GroupImage
@@ -112,25 +114,21 @@ class GroupStorage:
         """
         if not entries:
             return
-        with self._wal.lock:
-            mem = self._mem
-            offset = mem.first_index() - 1
-            first = entries[0].index
-            if first + len(entries) - 1 <= offset:
-                return
-            if first <= offset:
-                entries = entries[offset + 1 - first :]
-                first = offset + 1
-            last = mem.last_index()
-            if first > last + 1:
-                raise LogUnavailable(f"missing log entry: last {last}, appending at {first}")
-            self._wal.append_entries(self.group_id, entries)
-            mem.append(entries)
+        mem = self._mem
+        offset = mem.first_index() - 1
+        first = entries[0].index
+        if first + len(entries) - 1 <= offset:
+            return
+        if first <= offset:
+            entries = entries[offset + 1 - first :]
+            first = offset + 1
+        last = mem.last_index()
+        if first > last + 1:
+            raise LogUnavailable(f"missing log entry: last {last}, appending at {first}")
+        self._wal.append_entries(self.group_id, entries, partial(mem.append, entries))
 
     def set_hard_state(self, hs: HardState) -> None:
-        with self._wal.lock:
-            self._wal.append_hard_state(self.group_id, hs)
-            self._mem.set_hard_state(hs)
+        self._wal.append_hard_state(self.group_id, hs, partial(self._mem.set_hard_state, hs))
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         """Make ``snap.meta`` the compaction point and drop the whole log.
@@ -139,11 +137,9 @@ class GroupStorage:
         not stored: the engine holds the state (install it there first).
         """
         meta = snap.meta
-        with self._wal.lock:
-            if meta.index <= self._mem.snapshot().meta.index:
-                return
-            self._wal.append_reset(self.group_id, meta)
-            self._reset(meta)
+        if meta.index <= self._mem.snapshot().meta.index:
+            return
+        self._wal.append_reset(self.group_id, meta, partial(self._reset, meta))
 
     def compact(self, index: int, conf: ConfState) -> None:
         """Drop the entries up to ``index``: the state machine holds them (durably).
@@ -151,15 +147,13 @@ class GroupStorage:
         ``(index, term(index), conf)`` becomes the compaction point. Ignored when
         ``index`` is not past the current one; ``LogUnavailable`` past the last entry.
         """
-        with self._wal.lock:
-            mem = self._mem
-            if index <= mem.first_index() - 1:
-                return
-            if index > mem.last_index():
-                raise LogUnavailable(f"compact {index} is past last index {mem.last_index()}")
-            meta = SnapshotMeta(index=index, term=mem.term(index), conf=conf)
-            self._wal.append_compact(self.group_id, meta)
-            self._compact(meta)
+        mem = self._mem
+        if index <= mem.first_index() - 1:
+            return
+        if index > mem.last_index():
+            raise LogUnavailable(f"compact {index} is past last index {mem.last_index()}")
+        meta = SnapshotMeta(index=index, term=mem.term(index), conf=conf)
+        self._wal.append_compact(self.group_id, meta, partial(self._compact, meta))
 
     # -- shared by the writes above and by replay ---------------------------------------
 
@@ -251,8 +245,8 @@ class NodeLog:
             return gs
         if not isinstance(group_id, int) or not 0 <= group_id <= MAX_GROUP_ID:
             raise InvalidInput(f"a group id is an int in [0, 2**64), not {group_id!r}")
+        self._wal.check()
         with self._wal.lock:  # a checkpoint may be iterating the groups
-            self._wal.check()
             return self._get(group_id)
 
     def group_ids(self) -> list[int]:

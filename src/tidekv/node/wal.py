@@ -38,8 +38,8 @@ Then records, back to back (little-endian; ``crc`` is zlib crc32 of every byte a
 :meth:`WAL.sync` takes the buffer, writes it with one ``pwrite`` and calls
 ``fdatasync`` once: everything appended before ``sync`` was called is durable when it
 returns. Appends go on (from another thread) while a sync writes and waits: they land in
-a fresh buffer for the next sync. ``lock`` (re-entrant) guards the buffer; a second lock
-serializes syncs, so buffers reach the file in append order.
+a fresh buffer for the next sync. ``lock`` guards the buffer; a second lock serializes
+syncs, so buffers reach the file in append order.
 
 **Rotation and space reclamation.** At the first sync after the active segment reached
 ``max_segment_size`` (default 64 MiB), the segment is closed and a new one begins; so a
@@ -113,6 +113,9 @@ HEADER_SIZE = RECORD_HEADER.size  # 17
 _BODY = struct.Struct("<IBQ")  # the record header without its crc
 _CRC = struct.Struct("<I")
 _HS = struct.Struct("<QQQ")
+_RECORD_PACK = RECORD_HEADER.pack
+_BODY_PACK = _BODY.pack
+_CRC32 = zlib.crc32
 MAX_PAYLOAD = 0xFFFFFFFF
 MAX_GROUP_ID = (1 << 64) - 1
 
@@ -135,6 +138,10 @@ _entries_enc = msgspec.msgpack.Encoder()
 _entries_dec = msgspec.msgpack.Decoder(list[Entry])
 _meta_enc = msgspec.msgpack.Encoder()
 _meta_dec = msgspec.msgpack.Decoder(SnapshotMeta)
+
+
+Apply = Callable[[], None]
+"""A caller's change of its in-memory state for the record just buffered."""
 
 
 class GroupImage(NamedTuple):
@@ -325,15 +332,15 @@ class WAL:
         if max_segment_size <= SEGMENT_HEADER_SIZE:
             raise InvalidInput(f"max_segment_size must be > {SEGMENT_HEADER_SIZE} bytes")
         self.path = os.fspath(path)
-        self.lock = threading.RLock()
-        """Guards the buffer and the sizes. Hold it while changing state that a
-        checkpoint reads (:meth:`WALState.images`) together with appending its record."""
+        self.lock = threading.Lock()
+        """Guards the buffer, the sizes and the segment list; held while a record's
+        ``apply`` runs and while :meth:`WALState.images` is taken."""
         self._io = threading.Lock()  # one sync (file I/O) at a time
         self._max = max_segment_size
         self._buf = bytearray()
         self._segments: list[_Segment] = []  # oldest first; the last one is active
         self._size = 0  # bytes of the active segment, buffered ones included
-        self._total = 0  # bytes of every segment, buffered ones included
+        self._older = 0  # bytes of the segments before the active one
         self._state: WALState | None = None
         self._closed = False
         self._writable = False  # recovered, not closed, not failed: the append fast path
@@ -477,7 +484,7 @@ class WAL:
         else:
             self._segments.append(self._create(next_id, segment_header(next_id, 0)))
         self._size = self._segments[-1].size
-        self._total = sum(s.size for s in self._segments)
+        self._older = sum(s.size for s in self._segments[:-1])
 
     @staticmethod
     def _read_and_scan(path: str) -> tuple[bytes, Scan]:
@@ -531,31 +538,43 @@ class WAL:
 
     def check(self) -> None:
         """Raise what an append would raise now (closed, failed, not recovered)."""
-        with self.lock:
-            self._check()
+        self._check()
 
-    def _put(self, kind: int, group: int, payload: bytes) -> None:
+    def _put(self, kind: int, group: int, payload: bytes, apply: Apply | None) -> None:
+        # put_record, inlined: this is the hot path
+        n = len(payload)
+        if n > MAX_PAYLOAD:
+            raise InvalidInput(f"a WAL record holds at most {MAX_PAYLOAD} bytes, not {n}")
+        head = _RECORD_PACK(_CRC32(payload, _CRC32(_BODY_PACK(n, kind, group))), n, kind, group)
         with self.lock:
             if not self._writable:
                 self._check()
-            n = put_record(self._buf, kind, group, payload)
-            self._size += n
-            self._total += n
+            buf = self._buf
+            buf += head
+            buf += payload
+            self._size += HEADER_SIZE + n
+            if apply is not None:
+                apply()
 
-    def append_entries(self, group: int, entries: list[Entry]) -> None:
+    # Each append_* buffers one record. ``apply`` runs right after, under ``lock``: the
+    # caller's change of its in-memory state for that record, so that a checkpoint
+    # (WALState.images, also under ``lock``) never sees one without the other. It must
+    # not raise (check first) and must not take ``lock``.
+
+    def append_entries(self, group: int, entries: list[Entry], apply: Apply | None = None) -> None:
         """Buffer an ENTRIES record: ``group``'s entries from ``entries[0].index`` on."""
-        self._put(ENTRIES, group, _entries_enc.encode(entries))
+        self._put(ENTRIES, group, _entries_enc.encode(entries), apply)
 
-    def append_hard_state(self, group: int, hs: HardState) -> None:
-        self._put(HARD_STATE, group, _HS.pack(hs.term, hs.vote, hs.commit))
+    def append_hard_state(self, group: int, hs: HardState, apply: Apply | None = None) -> None:
+        self._put(HARD_STATE, group, _HS.pack(hs.term, hs.vote, hs.commit), apply)
 
-    def append_compact(self, group: int, meta: SnapshotMeta) -> None:
+    def append_compact(self, group: int, meta: SnapshotMeta, apply: Apply | None = None) -> None:
         """Buffer a COMPACT record: entries up to ``meta.index`` are no longer needed."""
-        self._put(COMPACT, group, _meta_enc.encode(meta))
+        self._put(COMPACT, group, _meta_enc.encode(meta), apply)
 
-    def append_reset(self, group: int, meta: SnapshotMeta) -> None:
+    def append_reset(self, group: int, meta: SnapshotMeta, apply: Apply | None = None) -> None:
         """Buffer a RESET record: ``group``'s log restarts empty after ``meta.index``."""
-        self._put(RESET, group, _meta_enc.encode(meta))
+        self._put(RESET, group, _meta_enc.encode(meta), apply)
 
     # -- syncing -------------------------------------------------------------------------
 
@@ -572,13 +591,13 @@ class WAL:
                 if rotate:  # before the buffer is taken: if this raises, nothing is lost
                     assert self._state is not None
                     images = self._state.images()
-                    if not forced and 2 * live_bytes(images) > self._total:
+                    if not forced and 2 * live_bytes(images) > self._older + self._size:
                         images = None
                 buf, self._buf = self._buf, bytearray()
                 if rotate:
                     self._want_checkpoint = False
+                    self._older += self._size
                     self._size = SEGMENT_HEADER_SIZE
-                    self._total += SEGMENT_HEADER_SIZE
                 self._counters["syncs"] += 1
             try:
                 if buf:
@@ -631,15 +650,13 @@ class WAL:
             self._hook("checkpoint:synced")
         self._counters["rotations"] += 1
         with self.lock:
-            extra = seg.size - SEGMENT_HEADER_SIZE  # the checkpoint, if any
-            self._size += extra
-            self._total += extra
+            self._size += seg.size - SEGMENT_HEADER_SIZE  # the checkpoint, if any
             if images is None:
                 self._segments.append(seg)
             else:
                 dropped = self._segments
                 self._segments = [seg]
-                self._total = self._size
+                self._older = 0
         old.close()
         if images is not None:
             self._counters["checkpoints"] += 1
@@ -671,7 +688,7 @@ class WAL:
         with self.lock:
             return {
                 "segments": len(self._segments),
-                "bytes": self._total,
+                "bytes": self._older + self._size,
                 "buffered": len(self._buf),
                 **self._counters,
             }
