@@ -1,0 +1,166 @@
+"""How a node is configured, and what it remembers about itself between starts.
+
+A node has two addresses: the HTTP API (``address``, what clients and the API's
+``POST /v1/cluster/nodes`` name) and the peer (Raft) transport (``raft_address``).
+When the peer address is not given it is the HTTP host with the HTTP port + 100
+(``127.0.0.1:7070`` -> ``127.0.0.1:7170``).
+
+On first start the node writes ``node.json`` in its data directory (node id, cluster id,
+engine); later starts read it, so a node cannot be restarted by mistake with another
+identity or engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from tidekv.errors import InvalidInput
+
+NODE_FILE = "node.json"
+DEFAULT_HTTP = "127.0.0.1:7070"
+RAFT_PORT_OFFSET = 100
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port), with a clear error for anything else."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"{address!r} is not a host:port address", address=address)
+    return host, int(port)
+
+
+def default_raft_address(http_address: str) -> str:
+    host, port = split_address(http_address)
+    if port + RAFT_PORT_OFFSET >= 65536:
+        raise InvalidInput(f"no default peer port for {http_address!r}; give one")
+    return f"{host}:{port + RAFT_PORT_OFFSET}"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A cluster member's two addresses."""
+
+    id: int
+    address: str  # HTTP host:port
+    raft_address: str
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.address}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "address": self.address, "raft_address": self.raft_address}
+
+    @classmethod
+    def make(cls, node_id: int, address: str, raft_address: str | None = None) -> Peer:
+        if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id <= 0:
+            raise InvalidInput("a node id must be a positive integer", id=node_id)
+        split_address(address)
+        raft = raft_address or default_raft_address(address)
+        split_address(raft)
+        return cls(node_id, address, raft)
+
+
+def parse_peers(spec: str) -> dict[int, Peer]:
+    """``1=127.0.0.1:7070,2=127.0.0.1:7071[/127.0.0.1:7171]`` -> peers by id."""
+    peers: dict[int, Peer] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        ident, sep, addrs = part.partition("=")
+        if not sep or not ident.strip().isdigit():
+            raise InvalidInput(f"peer {part!r} is not ID=HOST:PORT[/RAFT_HOST:PORT]")
+        http, _, raft = addrs.partition("/")
+        peer = Peer.make(int(ident), http.strip(), raft.strip() or None)
+        if peer.id in peers:
+            raise InvalidInput(f"peer {peer.id} is listed twice")
+        peers[peer.id] = peer
+    return peers
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    """Everything ``tide serve`` needs. The defaults are the embedded default: one node
+    on 127.0.0.1:7070 with its data in ./tide-data."""
+
+    node_id: int = 1
+    data_dir: str = "./tide-data"
+    address: str = DEFAULT_HTTP
+    raft_address: str | None = None
+    peers: dict[int, Peer] = field(default_factory=dict)
+    """The initial members (bootstrap). Empty: a single-node cluster of this node,
+    unless ``join`` is set."""
+    join: bool = False
+    """Start with no membership and wait to be added (``tide cluster add``)."""
+    engine: str = "lsm"
+    cluster_id: str | None = None
+    tick_ms: int = 50
+    election_tick: int = 10
+    heartbeat_tick: int = 2
+    request_timeout: float = 5.0
+    compact_every: int = 10_000
+    """Compact the Raft log when this many entries were applied since the last time."""
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1 << 20
+
+    def me(self) -> Peer:
+        return Peer.make(self.node_id, self.address, self.raft_address)
+
+    def initial_peers(self) -> dict[int, Peer]:
+        if self.join:
+            return {}
+        if not self.peers:
+            return {self.node_id: self.me()}
+        if self.node_id not in self.peers:
+            raise InvalidInput(f"node {self.node_id} is not among the peers it was given")
+        return dict(self.peers)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    node_id: int
+    cluster_id: str
+    engine: str
+
+
+def load_or_create_identity(cfg: NodeConfig) -> tuple[Identity, bool]:
+    """The node's identity from ``node.json`` (created on first start). Returns it and
+    whether it was created now."""
+    path = os.path.join(cfg.data_dir, NODE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        ident = Identity(int(raw["node_id"]), str(raw["cluster_id"]), str(raw["engine"]))
+    except FileNotFoundError:
+        ident = None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"{path} is not a tidekv node file: {exc}") from None
+    if ident is not None:
+        if ident.node_id != cfg.node_id:
+            raise InvalidInput(f"{cfg.data_dir} holds node {ident.node_id}, not node {cfg.node_id}")
+        if cfg.cluster_id is not None and cfg.cluster_id != ident.cluster_id:
+            raise InvalidInput(f"{cfg.data_dir} belongs to cluster {ident.cluster_id}")
+        return ident, False
+    if os.path.exists(os.path.join(cfg.data_dir, "tidekv.json")):
+        raise InvalidInput(
+            f"{cfg.data_dir} holds an embedded store (tide put --path); "
+            "give the node its own --data-dir"
+        )
+    os.makedirs(cfg.data_dir, exist_ok=True)
+    ident = Identity(cfg.node_id, cfg.cluster_id or secrets.token_hex(8), cfg.engine)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "node_id": ident.node_id,
+                "cluster_id": ident.cluster_id,
+                "engine": ident.engine,
+                "format": 1,
+            },
+            f,
+        )
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return ident, True

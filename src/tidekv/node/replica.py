@@ -1,0 +1,455 @@
+"""One Raft group on one node: a RawNode, its log, and the versioned state machine.
+
+The :class:`Replica` owns no loop of its own: the node (:mod:`tidekv.node.server`)
+calls :meth:`Replica.before_ready` (hand queued proposals and read requests to the
+core), persists each Ready's entries in the shared WAL, and calls
+:meth:`Replica.after_persist` (apply committed entries, answer reads, advance).
+Requests wait on futures that those calls resolve:
+
+* writes: the leader stamps a :class:`~tidekv.node.command.Command` with its HLC and
+  proposes it; the future resolves when the entry is applied here (the outcome the
+  state machine returned: a result, or the error a failed precondition gave).
+* reads: one ReadIndex request per batch of waiting reads (every read that arrived
+  during one loop turn shares it); each read then waits until the replica has applied
+  up to the read index. Lease reads skip the round while the leader's lease holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tidekv.errors import NotLeader, Timeout, Unavailable
+from tidekv.node.command import (
+    Command,
+    decode_command,
+    decode_peer,
+    encode_command,
+    encode_peer,
+    load_peers,
+    peer_delete,
+    peer_put,
+)
+from tidekv.node.config import Peer
+from tidekv.node.snapshot import (
+    dump_engine,
+    restore_engine,
+    snapshot_meta_op,
+    stored_snapshot_meta,
+)
+from tidekv.raft import (
+    NONE,
+    ConfChange,
+    ConfChangeType,
+    Config,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    ProposalDropped,
+    RawNode,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    decode_conf_change,
+)
+from tidekv.statemachine import WriteResult
+from tidekv.storage import Engine, Op, open_engine
+from tidekv.store import Store
+from tidekv.versioning import HLC, HLCTimestamp
+
+if TYPE_CHECKING:
+    from tidekv.node.logstore import GroupStorage
+
+log = logging.getLogger("tidekv.node")
+
+Outcome = WriteResult | Exception
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Replica:
+    """A replica of one shard's Raft group."""
+
+    def __init__(
+        self,
+        *,
+        group: int,
+        node_id: int,
+        storage: GroupStorage,
+        engine_name: str,
+        engine_path: str | None,
+        origin: str,
+        raft_config: Callable[[int], Config],
+        wake: Callable[[], None],
+        on_peers_changed: Callable[[dict[int, Peer]], None],
+        max_key_bytes: int,
+        max_value_bytes: int,
+        compact_every: int,
+    ) -> None:
+        self.group = group
+        self.node_id = node_id
+        self.storage = storage
+        self._engine_name = engine_name
+        self._engine_path = engine_path
+        self._origin = origin
+        self._wake = wake
+        self._on_peers_changed = on_peers_changed
+        self._max_key_bytes = max_key_bytes
+        self._max_value_bytes = max_value_bytes
+        self.compact_every = compact_every
+        self.engine: Engine = open_engine(engine_name, engine_path)
+        self.store = self._open_store(self.engine)
+        self._repair_after_crash()
+        self.peers: dict[int, Peer] = load_peers(self.engine)
+        self.raw = RawNode(raft_config(self.store.sm.applied), storage)
+        self.storage.set_snapshot_provider(self._make_snapshot)
+        self._hlc = HLC(self.store.sm.clock)
+        self._rids = itertools.count(1)
+        self._rid_prefix = node_id.to_bytes(8, "big") + time.time_ns().to_bytes(8, "big")
+        self._proposals: list[bytes] = []
+        self._waiters: dict[bytes, asyncio.Future[Outcome]] = {}
+        self._reads: list[asyncio.Future[int]] = []
+        self._reads_in_flight: dict[bytes, list[asyncio.Future[int]]] = {}
+        self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._changed = asyncio.Event()
+        self._conf_changes: list[tuple[int, asyncio.Future[ConfState]]] = []
+        self.lead = self.raw.raft.lead
+        self.role = self.raw.raft.role
+        self._last_compact = storage.first_index() - 1
+        self.stats = {"proposed": 0, "applied": 0, "read_rounds": 0, "snapshots_installed": 0}
+
+    # -- opening and crash repair ---------------------------------------------------------
+
+    def _open_store(self, engine: Engine) -> Store:
+        return Store(
+            engine,
+            origin=self._origin,
+            sync=False,
+            max_key_bytes=self._max_key_bytes,
+            max_value_bytes=self._max_value_bytes,
+        )
+
+    def _repair_after_crash(self) -> None:
+        """Make the log agree with the engine after a crash at the worst moment."""
+        sm = self.store.sm
+        meta = stored_snapshot_meta(self.engine)
+        if meta is not None and meta.index > self.storage.last_index():
+            # the engine installed a snapshot whose record in the log was lost
+            self.storage.apply_snapshot(Snapshot(meta=meta))
+        hs, _conf = self.storage.initial_state()
+        if sm.applied > hs.commit:
+            # applied entries were committed; the commit index in the log lagged (it is
+            # written without an fsync of its own)
+            self.storage.set_hard_state(HardState(hs.term, hs.vote, sm.applied))
+
+    @staticmethod
+    def bootstrap(storage: GroupStorage, engine: Engine, peers: dict[int, Peer]) -> None:
+        """Write the initial membership as a snapshot at (index 1, term 1), as etcd does:
+        a node added later receives it by snapshot and learns the whole membership."""
+        conf = ConfState(voters=frozenset(peers))
+        ops: list[Op] = [peer_put(p) for p in peers.values()]
+        ops.append(snapshot_meta_op(1, 1, conf))
+        store = Store(engine, sync=False)
+        store.sm.mark_applied(1, ops)
+        engine.sync()
+        storage.apply_snapshot(Snapshot(meta=SnapshotMeta(index=1, term=1, conf=conf)))
+
+    def close(self) -> None:
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(Unavailable("the node is shutting down"))
+        self.store.close()
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raw.raft.role is Role.LEADER
+
+    @property
+    def applied(self) -> int:
+        return self.store.sm.applied
+
+    def leader_peer(self) -> Peer | None:
+        lead = self.raw.raft.lead
+        return None if lead == NONE else self.peers.get(lead)
+
+    def not_leader(self) -> NotLeader:
+        peer = self.leader_peer()
+        lead = self.raw.raft.lead
+        return NotLeader(
+            f"node {self.node_id} does not lead shard {self.group}",
+            shard=self.group,
+            leader=None if lead == NONE else lead,
+            leader_url=None if peer is None or peer.id == self.node_id else peer.http_url,
+        )
+
+    # -- requests (called on the event loop by the service) ------------------------------
+
+    async def write(self, cmd_fields: dict[str, object], timeout: float) -> WriteResult:
+        if not self.is_leader:
+            raise self.not_leader()
+        rid = self._rid_prefix + next(self._rids).to_bytes(8, "big")
+        sm = self.store.sm
+        if sm.clock > self._hlc.last:
+            self._hlc.update(sm.clock, wall_ms())
+        hlc = self._hlc.now(wall_ms())
+        cmd = Command(
+            rid=rid,
+            hlc_wall=hlc.wall,
+            hlc_logical=hlc.logical,
+            origin=self._origin,
+            **cmd_fields,  # type: ignore[arg-type]
+        )
+        fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiters[rid] = fut
+        self._proposals.append(encode_command(cmd))
+        self._wake()
+        try:
+            outcome = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise Timeout(
+                "the write was not committed in time; its outcome is unknown "
+                "(retry with the same Idempotency-Key)",
+                shard=self.group,
+            ) from None
+        finally:
+            self._waiters.pop(rid, None)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def read_barrier(self, consistency: str, timeout: float) -> None:
+        """Return once a read at ``consistency`` may be served from this replica."""
+        if consistency == "stale":
+            return
+        raft = self.raw.raft
+        if consistency == "lease":
+            if not self.is_leader:
+                raise self.not_leader()
+            if raft.log.term(raft.log.committed) == raft.term and raft.lease_valid():
+                await self.wait_applied(raft.log.committed, timeout)
+                return
+        if raft.lead == NONE:
+            raise Unavailable(f"shard {self.group} has no leader", shard=self.group)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads.append(fut)
+        self._wake()
+        try:
+            index = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise Timeout("no read index in time (no quorum?)", shard=self.group) from None
+        await self.wait_applied(index, timeout)
+
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        if self.applied >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._applied_waiters, (index, next(self._seq), fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise Timeout(f"replica did not apply up to {index} in time") from None
+
+    async def wait_change(self, after_revision: int) -> None:
+        """Wait until the store's revision moves past ``after_revision``."""
+        while self.store.sm.revision <= after_revision:
+            ev = self._changed
+            await ev.wait()
+
+    async def conf_change(self, cc: ConfChange, timeout: float) -> ConfState:
+        if not self.is_leader:
+            raise self.not_leader()
+        try:
+            self.raw.propose_conf_change(cc)
+        except ProposalDropped as exc:
+            raise Unavailable(f"membership change refused: {exc}") from None
+        index = self.raw.raft.log.last_index()
+        fut: asyncio.Future[ConfState] = asyncio.get_running_loop().create_future()
+        self._conf_changes.append((index, fut))
+        self._wake()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise Timeout("the membership change was not applied in time") from None
+
+    # -- the driver's hooks ---------------------------------------------------------------
+
+    def before_ready(self) -> None:
+        if self._proposals:
+            batch, self._proposals = self._proposals, []
+            self.stats["proposed"] += len(batch)
+            try:
+                if not self.is_leader:
+                    raise ProposalDropped("leadership lost before the proposal")
+                self.raw.propose_batch(batch)
+            except ProposalDropped:
+                err = self.not_leader()
+                for data in batch:
+                    fut = self._waiters.pop(decode_command(data).rid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(err)
+        if self._reads:
+            ctx = self._rid_prefix + next(self._rids).to_bytes(8, "big")
+            batch_r, self._reads = self._reads, []
+            try:
+                self.raw.read_index(ctx)
+            except ProposalDropped:
+                err_r = Unavailable(f"shard {self.group} has no leader", shard=self.group)
+                for f in batch_r:
+                    if not f.done():
+                        f.set_exception(err_r)
+                return
+            self.stats["read_rounds"] += 1
+            self._reads_in_flight[ctx] = batch_r
+
+    def persist(self, rd: Ready) -> bool:
+        """Write the Ready's log state (buffered); True when it needs an fsync."""
+        must_sync = False
+        if rd.snapshot is not None:
+            self._install_snapshot(rd.snapshot)
+            must_sync = True
+        if rd.entries:
+            self.storage.append(rd.entries)
+            must_sync = True
+        if rd.hard_state is not None:
+            prev = self.storage.initial_state()[0]
+            self.storage.set_hard_state(rd.hard_state)
+            if rd.hard_state.term != prev.term or rd.hard_state.vote != prev.vote:
+                must_sync = True
+        return must_sync
+
+    def after_persist(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.lead, rd.soft_state.role)
+        if rd.committed_entries:
+            self._apply(rd.committed_entries)
+        for rs in rd.read_states:
+            futs = self._reads_in_flight.pop(rs.request_ctx, None)
+            for f in futs or ():
+                if not f.done():
+                    f.set_result(rs.index)
+        self.raw.advance(rd)
+        self._maybe_compact()
+
+    def _on_soft_state(self, lead: int, role: Role) -> None:
+        was_leader = self.role is Role.LEADER
+        self.lead, self.role = lead, role
+        if self._reads_in_flight:
+            # a read index request is dropped when the leader changes: ask again
+            for futs in self._reads_in_flight.values():
+                self._reads.extend(f for f in futs if not f.done())
+            self._reads_in_flight.clear()
+            self._wake()
+        if was_leader and role is not Role.LEADER:
+            log.info("group %d: node %d is no longer leader", self.group, self.node_id)
+
+    # -- apply ----------------------------------------------------------------------------
+
+    def _apply(self, entries: list[Entry]) -> None:
+        sm = self.store.sm
+        changed = False
+        for e in entries:
+            if e.index <= sm.applied:
+                continue
+            if e.kind is EntryKind.NORMAL and e.data:
+                cmd = decode_command(e.data)
+                outcome = sm.apply_entry(cmd.write_command(), e.index)
+                changed = True
+                fut = self._waiters.pop(cmd.rid, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(outcome)
+            elif e.kind is EntryKind.CONF_CHANGE:
+                self._apply_conf_change(e)
+            else:
+                sm.mark_applied(e.index)
+        self.stats["applied"] += len(entries)
+        w = self._applied_waiters
+        while w and w[0][0] <= sm.applied:
+            _i, _s, waiter = heapq.heappop(w)
+            if not waiter.done():
+                waiter.set_result(None)
+        if changed:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    def _apply_conf_change(self, e: Entry) -> None:
+        cc = decode_conf_change(e.data)
+        conf = self.raw.apply_conf_change(cc)
+        ops: list[Op] = []
+        if cc.type is ConfChangeType.REMOVE_NODE:
+            if cc.node_id not in conf.voters and cc.node_id not in conf.learners:
+                ops.append(peer_delete(cc.node_id))
+        elif cc.context:
+            ops.append(peer_put(decode_peer(cc.context)))
+        self.store.sm.mark_applied(e.index, ops)
+        self.peers = load_peers(self.engine)
+        self._on_peers_changed(self.peers)
+        for idx, fut in list(self._conf_changes):
+            if idx <= e.index:
+                self._conf_changes.remove((idx, fut))
+                if not fut.done():
+                    fut.set_result(conf)
+
+    # -- snapshots and compaction -----------------------------------------------------------
+
+    def _make_snapshot(self) -> Snapshot:
+        sm = self.store.sm
+        index = sm.applied
+        meta = SnapshotMeta(
+            index=index, term=self.storage.term(index), conf=self.raw.raft.conf_state()
+        )
+        return Snapshot(meta=meta, data=dump_engine(self.engine))
+
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        log.info(
+            "group %d: installing snapshot at %d (term %d)",
+            self.group,
+            snap.meta.index,
+            snap.meta.term,
+        )
+        restore_engine(self.engine, snap.data, snap.meta)
+        self.store = self._open_store(self.engine)
+        self._hlc = HLC(max(self.store.sm.clock, self._hlc.last))
+        self.storage.apply_snapshot(Snapshot(meta=snap.meta))
+        self.peers = load_peers(self.engine)
+        self._on_peers_changed(self.peers)
+        self.stats["snapshots_installed"] += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _maybe_compact(self) -> None:
+        applied = self.applied
+        if applied - self._last_compact < self.compact_every:
+            return
+        # the engine must hold everything up to `applied` durably before the log
+        # forgets it; the snapshot marker records where the log now starts
+        self.engine.write_batch(
+            [snapshot_meta_op(applied, self.storage.term(applied), self.raw.raft.conf_state())],
+            sync=True,
+        )
+        self.storage.compact(applied, self.raw.raft.conf_state())
+        self._last_compact = applied
+
+    # -- membership -----------------------------------------------------------------------
+
+    @staticmethod
+    def add_change(peer: Peer, learner: bool) -> ConfChange:
+        return ConfChange(
+            ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_VOTER,
+            peer.id,
+            encode_peer(peer),
+        )
+
+    def clock(self) -> HLCTimestamp:
+        return self._hlc.last

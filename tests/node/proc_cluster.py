@@ -1,0 +1,206 @@
+"""A cluster of real ``tide serve`` processes on loopback, for the node tests.
+
+Each node is ``python -m tidekv serve`` with its own data directory, HTTP port and peer
+port (HTTP port + 100). The harness talks to the nodes over real HTTP only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEADLINE = 60.0
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port(n: int, rng_seed: int | None = None) -> int:
+    """A base port such that base..base+n-1 and those +100 are free."""
+    import random
+
+    rng = random.Random(rng_seed)
+    for _ in range(200):
+        base = rng.randrange(20000, 40000)
+        if all(_port_free(base + i) and _port_free(base + i + 100) for i in range(n + 1)):
+            return base
+    raise RuntimeError("no free ports")
+
+
+class ProcCluster:
+    def __init__(self, root: Path, n: int, *, engine: str = "lsm", tick_ms: int = 50) -> None:
+        self.root = root
+        self.n = n
+        self.engine = engine
+        self.tick_ms = tick_ms
+        self.base = free_base_port(n + 2)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.http = httpx.Client(timeout=5.0)
+
+    def address(self, i: int) -> str:
+        return f"127.0.0.1:{self.base + i - 1}"
+
+    def url(self, i: int) -> str:
+        return f"http://{self.address(i)}"
+
+    def data_dir(self, i: int) -> Path:
+        return self.root / f"n{i}"
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url(i) for i in range(1, self.n + 1)]
+
+    def peers_spec(self) -> str:
+        return ",".join(f"{i}={self.address(i)}" for i in range(1, self.n + 1))
+
+    def start(self, i: int, *, join: bool = False) -> None:
+        assert i not in self.procs or self.procs[i].poll() is not None
+        log = open(self.root / f"n{i}.log", "ab")  # noqa: SIM115 - owned by the process
+        cmd = [
+            sys.executable,
+            "-m",
+            "tidekv",
+            "serve",
+            "--id",
+            str(i),
+            "--data-dir",
+            str(self.data_dir(i)),
+            "--address",
+            self.address(i),
+            "--engine",
+            self.engine,
+            "--tick-ms",
+            str(self.tick_ms),
+            "-v",
+        ]
+        cmd += ["--peers", self.peers_spec()]
+        if join:
+            cmd.append("--join")
+        self.procs[i] = subprocess.Popen(
+            cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ}
+        )
+        log.close()
+
+    def start_all(self) -> None:
+        for i in range(1, self.n + 1):
+            self.start(i)
+
+    def signal(self, i: int, sig: int) -> None:
+        self.procs[i].send_signal(sig)
+
+    def kill(self, i: int) -> None:
+        p = self.procs[i]
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+
+    def stop(self, i: int) -> None:
+        p = self.procs[i]
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+    def stop_all(self) -> None:
+        for i in list(self.procs):
+            self.stop(i)
+
+    def wipe(self, i: int) -> None:
+        shutil.rmtree(self.data_dir(i), ignore_errors=True)
+
+    def alive(self, i: int) -> bool:
+        return i in self.procs and self.procs[i].poll() is None
+
+    def close(self) -> None:
+        self.stop_all()
+        self.http.close()
+
+    def logs(self) -> str:
+        parts = []
+        for i in sorted(self.procs):
+            with contextlib.suppress(OSError):
+                text = (self.root / f"n{i}.log").read_text(errors="replace")
+                parts.append(f"--- node {i} ---\n{text[-4000:]}")
+        return "\n".join(parts)
+
+    # -- views over HTTP ----------------------------------------------------------------------
+
+    def cluster(self, i: int) -> dict[str, Any] | None:
+        try:
+            r = self.http.get(self.url(i) + "/v1/cluster", timeout=2.0)
+        except httpx.HTTPError:
+            return None
+        return r.json() if r.status_code == 200 else None
+
+    def leader(self, among: list[int] | None = None, timeout: float = DEADLINE) -> int:
+        """The leader that the given live nodes agree on, waiting for one."""
+        nodes = among or [i for i in range(1, self.n + 1) if self.alive(i)]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i in nodes:
+                if not self.alive(i):
+                    continue
+                info = self.cluster(i)
+                if info is None:
+                    continue
+                lead = info["shards"][0]["leader"]
+                if lead in nodes and info.get("node_id") == lead:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if self.http.get(self.url(lead) + "/ready", timeout=2.0).status_code == 200:
+                            return int(lead)
+            time.sleep(0.05)
+        raise AssertionError(f"no leader among {nodes} within {timeout} s\n{self.logs()}")
+
+    def wait_ready(self, i: int, timeout: float = DEADLINE) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if self.http.get(self.url(i) + "/ready", timeout=2.0).status_code == 200:
+                    return
+            if not self.alive(i):
+                raise AssertionError(f"node {i} exited\n{self.logs()}")
+            time.sleep(0.05)
+        raise AssertionError(f"node {i} not ready within {timeout} s\n{self.logs()}")
+
+    def put(self, i: int, key: str, value: bytes, **headers: str) -> httpx.Response:
+        return self.http.put(
+            self.url(i) + "/v1/kv/" + key,
+            content=value,
+            headers={"content-type": "application/octet-stream", **headers},
+        )
+
+    def get(self, i: int, key: str, consistency: str = "linearizable") -> httpx.Response:
+        return self.http.get(
+            self.url(i) + "/v1/kv/" + key, params={"consistency": consistency}
+        )
+
+    def metric(self, i: int, name: str) -> float | None:
+        """A sample of this node's own /metrics (never forwarded)."""
+        try:
+            text = self.http.get(self.url(i) + "/metrics", timeout=2.0).text
+        except httpx.HTTPError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return None
