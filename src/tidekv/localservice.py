@@ -114,6 +114,11 @@ class LocalService:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
+    @property
+    def watching(self) -> int:
+        """Watch streams waiting for the next change."""
+        return len(self._waiters)
+
     def shard_of(self, key: str) -> int:
         """Every key lives in shard 0."""
         return 0
@@ -417,4 +422,7 @@ class _StoreCollector(Collector):
         )
         yield GaugeMetricFamily(
             "tidekv_idempotency_keys", "Idempotency keys remembered", value=len(svc._idem)
+        )
+        yield GaugeMetricFamily(
+            "tidekv_watch_streams", "Watch streams waiting for a change", value=svc.watching
         )
