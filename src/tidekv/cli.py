@@ -1,18 +1,23 @@
 """The ``tide`` command line.
 
+The key commands (put, get, del, ls, history, diff, rollback) work on the embedded store
+in ``--path`` or, with ``--url`` (or ``$TIDE_URL``; several URLs comma-separated), on a
+server through :class:`tidekv.Client`, with the same output and exit codes. ``watch``,
+``status`` and ``cluster add|remove`` always talk to a server.
+
 Exit codes: 0 success, 1 not found (or another refused operation such as a failed
-precondition), 2 bad input. Errors are one line on stderr, never a traceback
+precondition, or a server that cannot be reached: "error: cannot reach URL: connection
+refused"), 2 bad input. Errors are one line on stderr, never a traceback
 (set ``TIDE_DEBUG=1`` to see one for an unexpected failure).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,6 +27,10 @@ import tidekv
 from tidekv.errors import InvalidInput, TideError
 from tidekv.store import Item, Store
 from tidekv.versioning import is_json_type
+from tidekv.wire import item_dict
+
+if TYPE_CHECKING:
+    from tidekv.client import Client
 
 app = typer.Typer(
     name="tide",
@@ -51,6 +60,15 @@ EngineOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        "-u",
+        envvar="TIDE_URL",
+        help="Server URL(s), comma-separated: talk to a server instead of the embedded store.",
+    ),
+]
 
 T = TypeVar("T")
 
@@ -60,10 +78,27 @@ def fail(exc: TideError) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
-def with_store(path: str, engine: str | None, fn: Callable[[Store], T]) -> T:
+def with_store(
+    path: str, engine: str | None, fn: Callable[[Store | Client], T], url: str | None = None
+) -> T:
+    """``fn`` applied to the server at ``url`` when given, else to the embedded store."""
     try:
+        if url:
+            with tidekv.Client(url) as client:
+                return fn(client)
         with tidekv.open(path, engine) as store:
             return fn(store)
+    except TideError as exc:
+        fail(exc)
+
+
+def with_client(url: str | None, fn: Callable[[Client], T]) -> T:
+    """``fn`` applied to the server at ``url`` (required)."""
+    if not url:
+        fail(InvalidInput("this command talks to a server: give --url or set TIDE_URL"))
+    try:
+        with tidekv.Client(url) as client:
+            return fn(client)
     except TideError as exc:
         fail(exc)
 
@@ -73,20 +108,8 @@ def emit_json(data: Any) -> None:
 
 
 def item_to_dict(item: Item) -> dict[str, Any]:
-    d: dict[str, Any] = {
-        "key": item.key,
-        "version": item.version,
-        "revision": item.revision,
-        "content_type": item.content_type,
-        "hlc": str(item.hlc),
-    }
-    if item.siblings > 1:
-        d["siblings"] = item.siblings
-    if is_json_type(item.content_type):
-        d["value"] = item.json()
-    else:
-        d["value_b64"] = base64.b64encode(item.value).decode()
-    return d
+    """A key's value as ``--json`` prints it: the API's listing shape."""
+    return item_dict(item)
 
 
 def preview(item: Item, width: int = 60) -> str:
@@ -136,6 +159,7 @@ def put(
     path: PathOpt = DEFAULT_PATH,
     engine: EngineOpt = None,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
 ) -> None:
     """Write a new version of KEY."""
     if (value is None) == (file is None):
@@ -165,6 +189,7 @@ def put(
             if_none_match=if_absent,
             author=author,
         ),
+        url,
     )
     if as_json:
         emit_json(res.to_dict())
@@ -184,9 +209,12 @@ def get(
     ] = None,
     path: PathOpt = DEFAULT_PATH,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
 ) -> None:
     """Print the value of KEY."""
-    item = with_store(path, None, lambda s: s.get(key, version=version, as_of=parse_as_of(as_of)))
+    item = with_store(
+        path, None, lambda s: s.get(key, version=version, as_of=parse_as_of(as_of)), url
+    )
     if as_json:
         emit_json(item_to_dict(item))
         return
@@ -205,9 +233,10 @@ def delete(
     ] = None,
     path: PathOpt = DEFAULT_PATH,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
 ) -> None:
     """Delete KEY (writes a tombstone version; the history is kept)."""
-    res = with_store(path, None, lambda s: s.delete(key, if_match=if_match))
+    res = with_store(path, None, lambda s: s.delete(key, if_match=if_match), url)
     if as_json:
         emit_json(res.to_dict())
     else:
@@ -224,10 +253,11 @@ def list_keys(
     limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="At most this many.")] = 100,
     path: PathOpt = DEFAULT_PATH,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
 ) -> None:
     """List keys with their current version and value."""
     items = with_store(
-        path, None, lambda s: list(s.scan(prefix, start=start, end=end, limit=limit))
+        path, None, lambda s: list(s.scan(prefix, start=start, end=end, limit=limit)), url
     )
     if as_json:
         emit_json({"items": [item_to_dict(i) for i in items]})
@@ -248,9 +278,10 @@ def history(
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1)] = None,
     path: PathOpt = DEFAULT_PATH,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
 ) -> None:
     """Show the versions of KEY, newest first."""
-    versions = with_store(path, None, lambda s: s.history(key, limit=limit))
+    versions = with_store(path, None, lambda s: s.history(key, limit=limit), url)
     if as_json:
         emit_json({"key": key, "versions": [v.to_dict() for v in versions]})
         return
@@ -281,9 +312,10 @@ def diff(
     ] = None,
     path: PathOpt = DEFAULT_PATH,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
 ) -> None:
     """Show what changed in KEY between two versions."""
-    d = with_store(path, None, lambda s: s.diff(key, from_version, to_version))
+    d = with_store(path, None, lambda s: s.diff(key, from_version, to_version), url)
     if as_json:
         emit_json(d.to_dict())
         return
@@ -304,9 +336,10 @@ def rollback(
     version: Annotated[str, typer.Argument(help="The version whose content to restore.")],
     path: PathOpt = DEFAULT_PATH,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
 ) -> None:
     """Write a new version of KEY with the content of VERSION."""
-    res = with_store(path, None, lambda s: s.rollback(key, version))
+    res = with_store(path, None, lambda s: s.rollback(key, version), url)
     if as_json:
         emit_json(res.to_dict())
     else:
@@ -315,6 +348,131 @@ def rollback(
             f"revision {res.revision}",
             markup=False,
         )
+
+
+@app.command()
+def watch(
+    prefix: Annotated[
+        str | None, typer.Option("--prefix", help="Only keys starting with this.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Start after this cursor (default: from now on)."),
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option("--count", "-n", min=1, help="Stop after this many events.")
+    ] = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+) -> None:
+    """Print changes as they happen, one line each, until Ctrl-C.
+
+    Lines are: CURSOR TYPE KEY VERSION [VALUE]; with --json, each event's JSON. A broken
+    connection is resumed (on the next URL) from the last event printed."""
+
+    def follow(client: Client) -> None:
+        for seen, event in enumerate(client.watch(prefix, since=since), 1):
+            if as_json:
+                sys.stdout.write(json.dumps(event.data, ensure_ascii=False) + "\n")
+            else:
+                value = event.value
+                shown = "" if value is None else "  " + _preview_bytes(value)
+                sys.stdout.write(
+                    f"{event.cursor}  {event.type:<6}  {event.key}  {event.version}{shown}\n"
+                )
+            sys.stdout.flush()
+            if count is not None and seen >= count:
+                return
+
+    try:
+        with_client(url, follow)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a watch ends
+
+
+def _preview_bytes(value: bytes, width: int = 60) -> str:
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        return f"<{len(value)} bytes>"
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(rows: list[dict[str, Any]], title: str) -> Table:
+    """A table of dicts, one column per key any of them has (first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    table = Table(title=title, show_edge=False, header_style="bold", title_justify="left")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(col)) for col in columns))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ",".join(_cell(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_cell(v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+@app.command()
+def status(as_json: JsonOpt = False, url: UrlOpt = None) -> None:
+    """Show the cluster: nodes, and per shard its leader, term, commit index and the
+    replication lag of each follower (whatever the server reports)."""
+    info = with_client(url, lambda c: c.cluster())
+    if as_json:
+        emit_json(info)
+        return
+    head = {k: v for k, v in info.items() if not isinstance(v, list | dict)}
+    for k, v in head.items():
+        out.print(f"{k}: {_cell(v)}", markup=False)
+    for name, value in info.items():
+        if isinstance(value, list) and all(isinstance(r, dict) for r in value):
+            out.print(_table(value, name))
+        elif isinstance(value, dict):
+            out.print(f"{name}: {_cell(value)}", markup=False)
+
+
+cluster_app = typer.Typer(
+    name="cluster", help="Change the cluster's membership.", no_args_is_help=True
+)
+app.add_typer(cluster_app)
+
+
+@cluster_app.command("add")
+def cluster_add(
+    node_id: Annotated[int, typer.Argument(metavar="ID", min=1, help="The new node's id.")],
+    address: Annotated[str, typer.Argument(help="Its address (host:port).")],
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+) -> None:
+    """Join node ID at ADDRESS to the cluster."""
+    res = with_client(url, lambda c: c.add_node(node_id, address))
+    if as_json:
+        emit_json(res)
+    else:
+        out.print(f"node {node_id} ({address}) added", markup=False)
+
+
+@cluster_app.command("remove")
+def cluster_remove(
+    node_id: Annotated[int, typer.Argument(metavar="ID", min=1, help="The node's id.")],
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+) -> None:
+    """Decommission node ID (its replicas move first)."""
+    res = with_client(url, lambda c: c.remove_node(node_id))
+    if as_json:
+        emit_json(res)
+    else:
+        out.print(f"node {node_id} removed", markup=False)
 
 
 def main() -> None:
