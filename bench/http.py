@@ -10,8 +10,11 @@ another process, ``--conns`` keep-alive connections, one request in flight on ea
 - put:     ``PUT /v1/kv/<key>`` with a 100-byte value;
 - get/put with ``--engine lsm`` (RocksDB, writes not fsynced) besides ``memory``.
 
-Ratios are tidekv/hello. Not a test: the machine is shared and noisy; compare within a
-run. ``--metrics off`` measures the edge without its Prometheus instrumentation.
+Reported per case: requests per second (and its ratio to hello), and the server
+process's CPU time per request (from /proc, so it does not count the load generator or
+anything else sharing the two cores; its ratio to hello is how many hello-world
+requests one tidekv request costs). Not a test: the machine is shared and noisy; compare
+within a run. ``--metrics off`` measures the edge without its Prometheus instrumentation.
 
     python bench/http.py                     # 5 s per case, 32 connections
     python bench/http.py --seconds 3 --engine lsm --profile get
@@ -106,37 +109,49 @@ async def _connection(
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         statuses[status] = statuses.get(status, 0) + 1
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
+        at = head.lower().find(b"\r\ncontent-length:")
+        length = int(head[at + 17 : head.index(b"\r\n", at + 17)]) if at >= 0 else 0
         await reader.readexactly(length)
         counts[0] += 1
     writer.close()
 
 
-async def _load(port: int, requests: list[bytes], conns: int, seconds: float) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _load(
+    port: int, requests: list[bytes], conns: int, seconds: float, pid: int
+) -> dict[str, Any]:
     counts = [0]
     statuses: dict[int, int] = {}
     # warm up, then measure
     await asyncio.gather(
         *(_connection(port, requests, time.perf_counter() + 0.5, [0], {}) for _ in range(conns))
     )
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     await asyncio.gather(
         *(_connection(port, requests, t0 + seconds, counts, statuses) for _ in range(conns))
     )
-    elapsed = time.perf_counter() - t0
-    return {"rps": counts[0] / elapsed, "requests": counts[0], "statuses": statuses}
+    elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    return {
+        "rps": counts[0] / elapsed,
+        "requests": counts[0],
+        "server_cpu_us": cpu / counts[0] * 1e6,
+        "statuses": statuses,
+    }
 
 
-def load(port: int, requests: list[bytes], conns: int, seconds: float) -> dict[str, Any]:
+def load(port: int, requests: list[bytes], conns: int, seconds: float, pid: int) -> dict[str, Any]:
     try:
         import uvloop
 
-        return uvloop.run(_load(port, requests, conns, seconds))
+        return uvloop.run(_load(port, requests, conns, seconds, pid))
     except ImportError:
-        return asyncio.run(_load(port, requests, conns, seconds))
+        return asyncio.run(_load(port, requests, conns, seconds, pid))
 
 
 def _get(path: str) -> bytes:
@@ -186,7 +201,7 @@ def run_case(
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"{kind} server did not start") from None
                 time.sleep(0.05)
-        return load(port, requests, args.conns, args.seconds)
+        return load(port, requests, args.conns, args.seconds, proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)  # graceful: a profile is printed on the way out
         proc.wait(30)
@@ -218,10 +233,17 @@ def main() -> None:
         for case, reqs in (("get", gets), ("put", puts)):
             r = run_case("tidekv", engine, reqs, args, args.profile == case)
             results.append({"case": case, "engine": engine, **r})
-    print(f"{'case':<8}{'engine':<8}{'req/s':>10}{'vs hello':>10}  statuses")
+    print(
+        f"{'case':<8}{'engine':<8}{'req/s':>10}{'vs hello':>10}"
+        f"{'server CPU us/req':>19}{'vs hello':>10}  statuses"
+    )
     for r in results:
         ratio = r["rps"] / hello["rps"]
-        print(f"{r['case']:<8}{r['engine']:<8}{r['rps']:>10,.0f}{ratio:>10.2f}  {r['statuses']}")
+        cpu_ratio = r["server_cpu_us"] / hello["server_cpu_us"]
+        print(
+            f"{r['case']:<8}{r['engine']:<8}{r['rps']:>10,.0f}{ratio:>10.2f}"
+            f"{r['server_cpu_us']:>19.1f}{cpu_ratio:>9.2f}x  {r['statuses']}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"conns": args.conns, "seconds": args.seconds, "results": results}, f)
