@@ -31,9 +31,8 @@ log = logging.getLogger("tidekv.node")
 
 async def run_node(cfg: NodeConfig, *, ready_file: str | None = None) -> int:
     """Run a node and its HTTP API until SIGINT/SIGTERM (or a fatal driver error)."""
-    import uvicorn
-
     from tidekv.http import create_app
+    from tidekv.http import server as http_server
     from tidekv.node.server import Node
     from tidekv.node.service import NodeService
 
@@ -41,18 +40,8 @@ async def run_node(cfg: NodeConfig, *, ready_file: str | None = None) -> int:
     await node.start()
     service = NodeService(node)
     host, port = split_address(cfg.address)
-    config = uvicorn.Config(
-        create_app(service),
-        host=host,
-        port=port,
-        http="httptools",
-        loop="none",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
+    # lifespan on: shutdown ends open watch streams and closes the forwarding client
+    server = http_server(create_app(service), host, port, timeout_graceful_shutdown=2)
     driver = node._driver
     rc = 0
 
