@@ -46,6 +46,8 @@ are scaled by the leader's CPU measured in /proc; C time is charged to its Pytho
     .venv/bin/python bench/cluster.py --rounds 3 --json bench/out/cluster.json --profile
     .venv/bin/python bench/cluster.py --only tidekv --clients 64 --duration 10
     .venv/bin/python bench/cluster.py --only etcd --etcd /usr/bin/etcd
+    .venv/bin/python bench/cluster.py --only tidekv --ops put --clients 64 --target follower \
+        --profile --profile-node target        # what a write through a follower costs it
 
 Not a test: the machine is shared and noisy. Compare the two systems within one run only;
 ``--rounds N`` repeats every cell N times and reports the median of each figure.
@@ -867,7 +869,15 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
         "HTTP app (tidekv/http.py, asgi, wire)",
         ("tidekv/http.py", "tidekv/asgi.py", "tidekv/wire.py", "tidekv/errors.py"),
     ),
-    ("HTTP server (uvicorn + httptools)", ("uvicorn/", "httptools/", "h11/")),
+    ("HTTP server (uvicorn + httptools)", ("uvicorn/", "httptools/")),
+    (
+        "HTTP client to the leader (httpx, httpcore, anyio)",
+        ("httpx/", "httpcore/", "anyio/", "h11/"),
+    ),
+    (
+        "import machinery (imports on the request path)",
+        ("<frozen importlib", "importlib/", "_distutils_hack/"),
+    ),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("thread pool plumbing", ("concurrent/futures/", "threading.py")),
     ("asyncio / uvloop (C: epoll, socket I/O, callbacks)", ("asyncio/",)),
@@ -987,16 +997,19 @@ def summarize_profile(raw: Path, cpu_pct: float, top: int = 25) -> dict[str, Any
 
 
 def print_profile(prof: dict[str, Any], cell: dict[str, Any], seconds: float) -> None:
+    i = prof["member"] - 1
+    role = "leader" if prof["is_leader"] else "follower"
     print()
     print(
-        f"py-spy on the tidekv leader (member {cell['target']}), {cell['op']} at "
-        f"{cell['clients']} clients: {cell['ops_s']:,.0f} ops/s, p99 {cell['p99_ms']:.1f} ms "
-        f"while profiled; leader process CPU {prof['process_cpu_pct']:.0f}% of a core "
-        f"(/proc), its threads queued for a CPU {cell['runqueue_wait_pct']['leader']:.0f}% "
-        f"of wall time; {prof['samples']:,} samples in {seconds:g} s at {PYSPY_RATE} Hz"
+        f"py-spy on tidekv member {i + 1} ({role}; load sent to the {cell['target']}), "
+        f"{cell['op']} at {cell['clients']} clients: {cell['ops_s']:,.0f} ops/s, p99 "
+        f"{cell['p99_ms']:.1f} ms while profiled; the process used {prof['process_cpu_pct']:.0f}%"
+        f" of a core (/proc), its threads queued for a CPU "
+        f"{cell['runqueue_wait_pct']['members'][i]:.0f}% of wall time; {prof['samples']:,} "
+        f"samples in {seconds:g} s at {PYSPY_RATE} Hz"
     )
     print(
-        "  pct: share of the samples; core%: that share of the leader's measured CPU "
+        "  pct: share of the samples; core%: that share of the process's measured CPU "
         "(% of one core). C time is charged to its Python caller."
     )
     sections = (
@@ -1156,6 +1169,12 @@ def parse_args() -> argparse.Namespace:
         "largest client count",
     )
     ap.add_argument("--profile-duration", type=float, default=10.0, help="profiled seconds")
+    ap.add_argument(
+        "--profile-node",
+        choices=["leader", "target"],
+        default="leader",
+        help="profile the leader, or the member the load goes to (with --target follower)",
+    )
     ap.add_argument("--profile-out", help="py-spy raw output (default bench/out/...)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the load generator ceiling")
     ap.add_argument("--etcd", default="etcd", help="the etcd binary")
@@ -1299,20 +1318,25 @@ def main() -> int:
             OUT_DIR.mkdir(exist_ok=True)
             raw = Path(args.profile_out or OUT_DIR / f"cluster-pyspy-{args.profile}.txt")
             raw_wall = raw.with_name(raw.stem + "-wall" + raw.suffix)
-            leader_pid = c.pids[c.leader]
             pargs = argparse.Namespace(**{**vars(args), "duration": args.profile_duration})
+            profiled = [-1]
 
-            def begin_profile() -> None:
+            def begin_profile() -> None:  # when the window opens: the leader is known by now
+                i = c.leader
+                if args.profile_node == "target" and args.target == "follower":
+                    i = (c.leader + 1) % 3
+                profiled[0] = i
                 for out, idle in ((raw, False), (raw_wall, True)):
-                    pyspies.append(start_pyspy(leader_pid, pargs.duration, out, idle))
+                    pyspies.append(start_pyspy(c.pids[i], pargs.duration, out, idle))
 
             cell = run_cell(c, others, args.profile, max(clients), pargs, begin_profile)
-            cell["target"] = str(c.leader + 1)
             for spy, out in zip(pyspies, (raw, raw_wall), strict=True):
                 _, err = spy.communicate(timeout=pargs.duration + 30)
                 if spy.returncode != 0 or not out.exists():
                     raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-2000:]}")
-            prof = summarize_profile(raw, cell["cpu_pct"]["leader"])
+            i = profiled[0]
+            prof = summarize_profile(raw, cell["cpu_pct"]["members"][i])
+            prof["member"], prof["is_leader"] = i + 1, i == c.leader
             prof["wall"] = summarize_wall(raw_wall, round(pargs.duration))
             report["profile"] = {"cell": cell, "raw": [str(raw), str(raw_wall)], **prof}
             print_profile(prof, cell, round(pargs.duration))
