@@ -88,7 +88,8 @@ def serve(
         str | None,
         typer.Option(
             "--peers",
-            help="Initial members: ID=HOST:PORT[/RAFT_HOST:PORT],... (include this node). "
+            help="Initial members, comma-separated: ID=HOST:PORT or "
+            "ID=HOST:PORT/RAFT_HOST:PORT (include this node). "
             "With --join: where to reach the cluster until this node is added.",
         ),
     ] = None,
