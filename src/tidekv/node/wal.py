@@ -93,6 +93,7 @@ from typing import NamedTuple, Protocol
 import msgspec
 
 from tidekv.errors import CorruptionError, InvalidInput, StorageError, StoreClosed
+from tidekv.fileio import fsync_dir, pwrite_all
 from tidekv.raft.types import Entry, HardState, SnapshotMeta
 
 log = logging.getLogger(__name__)
@@ -279,22 +280,6 @@ def segment_name(seg_id: int) -> str:
     return f"{seg_id:010d}{_SUFFIX}"
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
 def _read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -397,7 +382,7 @@ class WAL:
         size = os.path.getsize(path)
         log.warning("%s: %s; deleting it (%d bytes)", path, why, size)
         os.unlink(path)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self._counters["bytes_cut"] += size
 
     def _header(self, seg_id: int) -> int:
@@ -449,7 +434,7 @@ class WAL:
             self._counters["segments_deleted"] += 1
         if base:
             log.info("deleted %d segments older than checkpoint %d", base, seg_id)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         del ids[:base]
         return {seg_id: (data, scan)}
 
@@ -517,9 +502,9 @@ class WAL:
         path = self._file(segment_name(seg_id))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            _pwrite_all(fd, head, 0)
+            pwrite_all(fd, head, 0)
             os.fdatasync(fd)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         except BaseException:
             os.close(fd)
             raise
@@ -602,7 +587,7 @@ class WAL:
             try:
                 if buf:
                     seg = self._segments[-1]
-                    _pwrite_all(seg.fd, buf, seg.size)
+                    pwrite_all(seg.fd, buf, seg.size)
                     seg.size += len(buf)
                     os.fdatasync(seg.fd)
                     self._counters["fdatasyncs"] += 1
@@ -664,7 +649,7 @@ class WAL:
                 os.unlink(s.path)
                 if n == 0:
                     self._hook("checkpoint:deleting")
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             self._counters["segments_deleted"] += len(dropped)
 
     def _hook(self, point: str) -> None:
@@ -672,7 +657,7 @@ class WAL:
             self._crash_hook(point)
 
     def _write_to(self, seg: _Segment, data: bytearray) -> None:
-        _pwrite_all(seg.fd, data, seg.size)
+        pwrite_all(seg.fd, data, seg.size)
         seg.size += len(data)
         self._counters["bytes_written"] += len(data)
 
@@ -707,7 +692,7 @@ class WAL:
             try:
                 if buf and self._failed is None and self._segments:
                     seg = self._segments[-1]
-                    _pwrite_all(seg.fd, buf, seg.size)
+                    pwrite_all(seg.fd, buf, seg.size)
                     seg.size += len(buf)
                     os.fdatasync(seg.fd)
             except OSError as exc:

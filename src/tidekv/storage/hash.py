@@ -101,6 +101,7 @@ from tidekv.errors import (
     StoreClosed,
     ValueTooLarge,
 )
+from tidekv.fileio import fsync_dir, pwrite_all
 from tidekv.storage import _hash_format as fmt
 from tidekv.storage.base import Engine, Op
 
@@ -126,26 +127,10 @@ def _name(seg_id: int, suffix: str) -> str:
     return f"{seg_id:010d}{suffix}"
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
 def _write_synced(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        _pwrite_all(fd, data, 0)
+        pwrite_all(fd, data, 0)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -306,7 +291,7 @@ class HashEngine(Engine):
                 seg.close()
                 _unlink(seg.path)
                 _unlink(self._path(_name(seg.id, _HINT)))
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
                 continue
             seg_id = seg.id
             for seq, flags, off, size, key in entries:
@@ -358,7 +343,7 @@ class HashEngine(Engine):
             fd = os.open(seg.path, os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.ftruncate(fd, seg.size)
-                _pwrite_all(fd, fmt.seal_record(seg.id), seg.size)
+                pwrite_all(fd, fmt.seal_record(seg.id), seg.size)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -373,7 +358,7 @@ class HashEngine(Engine):
         name = _name(seg_id, _HINT)
         _write_synced(self._path(name + _TMP), data)
         os.replace(self._path(name + _TMP), self._path(name))
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     def _finish_merge(self) -> int:
         """Complete a merge whose manifest was written; return the highest id it names."""
@@ -388,13 +373,13 @@ class HashEngine(Engine):
                 tmp = self._path(_name(out, suffix + _TMP))
                 if os.path.exists(tmp):
                     os.replace(tmp, self._path(_name(out, suffix)))
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         for seg_id in sorted(inputs):
             _unlink(self._path(_name(seg_id, _DATA)))
             _unlink(self._path(_name(seg_id, _HINT)))
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         os.unlink(mpath)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         log.info("finished an interrupted merge of %d segments", len(inputs))
         return max([0, *inputs, *outputs])
 
@@ -461,7 +446,7 @@ class HashEngine(Engine):
             self._next_id += 1
             path = self._path(_name(seg_id, _DATA))
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
             seg = _Segment(seg_id, path, fd, 0)
             self._segments[seg_id] = seg
             self._active = seg
@@ -478,10 +463,10 @@ class HashEngine(Engine):
             del self._segments[seg.id]
             seg.close()
             _unlink(seg.path)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
             return
         seal = fmt.seal_record(seg.id)
-        _pwrite_all(seg.fd, seal, seg.size)
+        pwrite_all(seg.fd, seal, seg.size)
         seg.size += len(seal)
         self._total_bytes += len(seal)
         os.fdatasync(seg.fd)
@@ -510,7 +495,7 @@ class HashEngine(Engine):
             seg, rotated = self._writable(len(buf))
             base = seg.size
             try:
-                _pwrite_all(seg.fd, buf, base)
+                pwrite_all(seg.fd, buf, base)
                 if sync:
                     os.fdatasync(seg.fd)
             except OSError as exc:
@@ -672,7 +657,7 @@ class HashEngine(Engine):
         manifest = fmt.encode_manifest(sorted(inputs), [o.id for o in outputs])
         _write_synced(self._path(_MANIFEST + _TMP), manifest)
         os.replace(self._path(_MANIFEST + _TMP), self._path(_MANIFEST))
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         self._hook("merge:committed")  # from here on, recovery finishes the merge
         return self._install_merge(inputs, outputs, moves)
 
@@ -692,16 +677,16 @@ class HashEngine(Engine):
                         out = _Output(self._next_id, self._dir)
                         self._next_id += 1
                     outputs.append(out)
-                _pwrite_all(out.fd, data, out.size)
+                pwrite_all(out.fd, data, out.size)
                 out.hint.add(rec.seq, fmt.FLAG_COMMIT, out.size, len(data), key)
                 moves.append((key, loc, (out.id, out.size, len(data))))
                 out.size += len(data)
             for out in outputs:
-                _pwrite_all(out.fd, fmt.seal_record(out.id), out.size)
+                pwrite_all(out.fd, fmt.seal_record(out.id), out.size)
                 out.size += fmt.HEADER_SIZE
                 os.fdatasync(out.fd)
                 _write_synced(out.hint_tmp, out.hint.finish(out.size))
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
             self._hook("merge:outputs_written")
         except Exception:  # not a simulated crash (BaseException): clean up
             for out in outputs:
@@ -728,7 +713,7 @@ class HashEngine(Engine):
             new.append(
                 _Segment(out.id, final, os.open(final, os.O_RDONLY | os.O_CLOEXEC), out.size)
             )
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         self._hook("merge:renamed")
         before = sum(s.size for s in inputs.values())
         after = sum(s.size for s in new)
@@ -749,10 +734,10 @@ class HashEngine(Engine):
             _unlink(self._path(_name(seg_id, _HINT)))
             if n == 0:
                 self._hook("merge:deleting")
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         self._hook("merge:deleted")
         os.unlink(self._path(_MANIFEST))
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         return {
             "inputs": len(inputs),
             "outputs": len(new),
