@@ -9,23 +9,29 @@ and :meth:`StateMachine.apply` is deterministic given the engine's contents.
 Layout in the engine (every key starts with a one-byte tag)::
 
     K<key utf-8>            -> KeyRecord: current heads, the resolved version, its value inline
-    V<version id>           -> revision (8 bytes big-endian) + Version.encode()
-    D<version id>           -> the version's value bytes (absent for tombstones)
-    C<revision 8 bytes BE>  -> ChangeRecord: version id, key, clock after the change
+    V<version id>           -> VersionRecord: revision, the version's fields, its value
+    C<revision 8 bytes BE>  -> change: 0x02, version id (20 bytes), tombstone flag, the
+                               store's HLC after the change (10 bytes), the key (utf-8)
     M<name>                 -> store metadata (origin, format, the Raft applied index)
     I<idempotency key>      -> the outcome of the first request with that key (replicated)
 
-A change writes K, V, D (unless a tombstone) and C in one atomic write batch, so a
-crash never leaves a version without its key record or change-log entry, or the reverse.
+A change writes K, V and C in one atomic write batch (three operations: the fewest
+that give the three access paths -- by key, by version id, by revision), so a crash
+never leaves a version without its key record or change-log entry, or the reverse.
 The revision is the position in the change log; the newest ``C`` entry also holds the
 store's HLC, so both survive a restart without an extra write.
+
+Format 1 (before 2026-12) kept the value in a separate ``D<version id>`` record and
+encoded ``V`` as revision + :meth:`Version.encode` and ``C`` as a msgpack array; both
+are still read (a ``V`` record of format 1 starts with a zero byte, format 2 with a
+msgpack array header), so an old store opens and serves its data unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -33,6 +39,7 @@ import msgspec
 from tidekv import errors
 from tidekv.errors import (
     CorruptionError,
+    InvalidInput,
     KeyNotFound,
     PreconditionFailed,
     TideError,
@@ -40,23 +47,30 @@ from tidekv.errors import (
 )
 from tidekv.storage import Engine, Op, prefix_end
 from tidekv.versioning import (
+    RECORD_FORMAT,
+    EncodedVersion,
     HLCTimestamp,
     Resolver,
     Version,
-    add_head,
+    check_version_id,
     get_resolver,
-    make_version,
     order_key,
+    trusted_version_id,
 )
 
 K, V, D, C, M = b"K", b"V", b"D", b"C", b"M"
 IDEM = b"I"
 _REV = struct.Struct(">Q")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_CHANGE_FORMAT = 2
+_CHANGE = struct.Struct(">B20s?QH")  # format, version id, deleted, clock wall, logical
+_sha256 = hashlib.sha256
+_fromhex = bytes.fromhex
+_trusted_ts = HLCTimestamp.trusted
 
 
-class KeyRecord(msgspec.Struct, array_like=True, frozen=True):
+class KeyRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """What ``K<key>`` holds: the current heads and the resolved state served by reads."""
 
     heads: tuple[str, ...]
@@ -69,8 +83,18 @@ class KeyRecord(msgspec.Struct, array_like=True, frozen=True):
     hlc_logical: int
 
 
+class VersionRecord(EncodedVersion, array_like=True, frozen=True, gc=False):
+    """What ``V<version id>`` holds (format 2): the encoded version (its first field is
+    its format, 1), then the revision that applied it and its value (``None`` for a
+    tombstone). A msgpack array, so its first byte is never zero (format 1 was the
+    8-byte revision, then the encoded version)."""
+
+    revision: int
+    value: bytes | None
+
+
 class ChangeRecord(msgspec.Struct, array_like=True, frozen=True):
-    """What ``C<revision>`` holds."""
+    """What ``C<revision>`` held in format 1 (read for old stores)."""
 
     version: str
     key: str
@@ -79,8 +103,10 @@ class ChangeRecord(msgspec.Struct, array_like=True, frozen=True):
     clock_logical: int
 
 
-_key_enc = msgspec.msgpack.Encoder()
+_enc = msgspec.msgpack.Encoder()
+_key_enc = _enc
 _key_dec = msgspec.msgpack.Decoder(KeyRecord)
+_vrec_dec = msgspec.msgpack.Decoder(VersionRecord)
 _chg_dec = msgspec.msgpack.Decoder(ChangeRecord)
 
 
@@ -93,6 +119,7 @@ def version_key(version_id: str) -> bytes:
 
 
 def value_key(version_id: str) -> bytes:
+    """Format 1 only: where the value of a version was kept."""
     return D + version_id.encode()
 
 
@@ -111,8 +138,7 @@ def idem_key(idempotency_key: str) -> bytes:
 APPLIED_KEY = meta_key("applied")
 
 
-@dataclass(frozen=True, slots=True)
-class WriteCommand:
+class WriteCommand(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One change, complete enough to be applied identically on every replica.
 
     ``value is None`` writes a tombstone. ``parents is None`` means "the key's current
@@ -133,8 +159,7 @@ class WriteCommand:
     idempotency_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
+class WriteResult(msgspec.Struct, frozen=True, gc=False):
     """The outcome of an applied change (the PUT/DELETE response of the API)."""
 
     key: str
@@ -156,8 +181,7 @@ class WriteResult:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(msgspec.Struct, frozen=True, gc=False):
     """One entry of the change feed."""
 
     revision: int
@@ -191,7 +215,7 @@ _outcome_dec = msgspec.msgpack.Decoder(_Outcome)
 
 def _encode_outcome(outcome: WriteResult | TideError) -> bytes:
     if isinstance(outcome, WriteResult):
-        return _key_enc.encode(
+        return _enc.encode(
             _Outcome(
                 outcome.key,
                 outcome.version,
@@ -203,7 +227,7 @@ def _encode_outcome(outcome: WriteResult | TideError) -> bytes:
                 outcome.heads,
             )
         )
-    return _key_enc.encode(
+    return _enc.encode(
         _Outcome(
             str(outcome.details.get("key", "")),
             error=type(outcome).__name__,
@@ -238,15 +262,68 @@ def decode_key_record(raw: bytes) -> KeyRecord:
         raise CorruptionError(f"unreadable key record: {exc}") from exc
 
 
-def encode_version_record(revision: int, version: Version) -> bytes:
-    return _REV.pack(revision) + version.encode()
-
-
 def decode_version_record(raw: bytes) -> tuple[int, Version]:
+    """(revision, version) of a ``V`` record of either format."""
     try:
-        return _REV.unpack_from(raw)[0], Version.decode(raw[8:])
+        if raw[:1] == b"\x00":  # format 1: revision (8 bytes BE) + Version.encode()
+            return _REV.unpack_from(raw)[0], Version.decode(raw[8:])
+        r = _vrec_dec.decode(raw)
+        if r.format != RECORD_FORMAT:
+            raise CorruptionError(f"unknown version record format {r.format}")
+        return r.revision, r.trusted_version()
+    except CorruptionError:
+        raise
     except Exception as exc:
         raise CorruptionError(f"unreadable version record: {exc}") from exc
+
+
+def encode_change(version_id: str, key: str, deleted: bool, clock: HLCTimestamp) -> bytes:
+    return (
+        _CHANGE.pack(_CHANGE_FORMAT, _fromhex(version_id), deleted, clock.wall, clock.logical)
+        + key.encode()
+    )
+
+
+def decode_change(raw: bytes) -> tuple[str, str, bool, HLCTimestamp]:
+    """(version id, key, deleted, clock after the change) of a ``C`` record."""
+    try:
+        if raw[:1] == b"\x02":
+            _f, vid, deleted, wall, logical = _CHANGE.unpack_from(raw)
+            return vid.hex(), raw[_CHANGE.size :].decode(), deleted, _trusted_ts(wall, logical)
+        rec = _chg_dec.decode(raw)  # format 1
+        return rec.version, rec.key, rec.deleted, _trusted_ts(rec.clock_wall, rec.clock_logical)
+    except Exception as exc:
+        raise CorruptionError(f"unreadable change record: {exc}") from exc
+
+
+_Fields = tuple[
+    str,
+    bytes | None,
+    str,
+    HLCTimestamp,
+    str,
+    str,
+    str | None,
+    bool,
+    tuple[str, ...] | None,
+    bool,
+]
+
+
+def _fields(cmd: WriteCommand) -> _Fields:
+    """The arguments of :meth:`StateMachine.write` for ``cmd``."""
+    return (
+        cmd.key,
+        cmd.value,
+        cmd.content_type,
+        cmd.hlc,
+        cmd.origin,
+        cmd.author,
+        cmd.if_match,
+        cmd.if_none_match,
+        cmd.parents,
+        cmd.require_exists,
+    )
 
 
 class StateMachine:
@@ -268,8 +345,7 @@ class StateMachine:
         if last is None:
             return 0, HLCTimestamp(0, 0)
         rev = _REV.unpack_from(last[0], 1)[0]
-        rec = _chg_dec.decode(last[1])
-        return rev, HLCTimestamp(rec.clock_wall, rec.clock_logical)
+        return rev, decode_change(last[1])[3]
 
     # -- reads ------------------------------------------------------------------
 
@@ -288,15 +364,22 @@ class StateMachine:
     def value_of(self, version: Version) -> bytes | None:
         if version.deleted:
             return None
-        raw = self.engine.get(value_key(version.id))
-        if raw is None:
+        raw = self.engine.get(version_key(version.id))
+        if raw is not None and raw[:1] != b"\x00":
+            try:
+                value = _vrec_dec.decode(raw).value
+            except msgspec.DecodeError as exc:
+                raise CorruptionError(f"unreadable version record: {exc}") from exc
+        else:  # format 1 (or missing): the value is in D<id>
+            value = self.engine.get(value_key(version.id))
+        if value is None:
             raise CorruptionError(f"value of version {version.id} is missing")
-        return raw
+        return value
 
     def changes(self, since: int = 0, limit: int | None = None) -> Iterator[Change]:
         for k, raw in self.engine.scan(change_key(since + 1), prefix_end(C), limit=limit):
-            rec = _chg_dec.decode(raw)
-            yield Change(_REV.unpack_from(k, 1)[0], rec.key, rec.version, rec.deleted)
+            vid, key, deleted, _clock = decode_change(raw)
+            yield Change(_REV.unpack_from(k, 1)[0], key, vid, deleted)
 
     def scan_keys(
         self, start: bytes, end: bytes | None, limit: int | None = None
@@ -309,7 +392,13 @@ class StateMachine:
     def apply(self, cmd: WriteCommand) -> WriteResult:
         """Apply one change as one atomic engine batch; raise before writing anything
         when a precondition fails."""
-        ops, result, clock = self._plan(cmd)
+        return self.write(*_fields(cmd))
+
+    def write(self, *fields: *_Fields) -> WriteResult:
+        """:meth:`apply` with the command's fields as arguments, in the order of
+        :class:`WriteCommand` up to ``require_exists`` (the embedded store's path: no
+        command object is built)."""
+        ops, result, clock = self._plan(*fields)
         self.engine.write_batch(ops, sync=self.sync)
         self.revision, self.clock = result.revision, clock
         return result
@@ -334,7 +423,7 @@ class StateMachine:
                 return prior
         outcome: WriteResult | TideError
         try:
-            ops, outcome, clock = self._plan(cmd)
+            ops, outcome, clock = self._plan(*_fields(cmd))
         except TideError as exc:
             ops, outcome, clock = [], exc, self.clock
         ops.append((APPLIED_KEY, _REV.pack(index)))
@@ -358,83 +447,123 @@ class StateMachine:
         raw = self.engine.get(idem_key(idempotency_key))
         return None if raw is None else _decode_outcome(raw)
 
-    def _plan(self, cmd: WriteCommand) -> tuple[list[Op], WriteResult, HLCTimestamp]:
-        """The engine ops of one change and its result; raises when a precondition fails."""
-        current = self.key_record(cmd.key)
-        heads: tuple[str, ...] = current.heads if current is not None else ()
-        absent = current is None or (current.deleted and len(heads) <= 1)
-        if cmd.if_none_match and not absent:
-            raise PreconditionFailed(f"key {cmd.key!r} exists", key=cmd.key, heads=list(heads))
-        if cmd.if_match is not None and heads != (cmd.if_match,):
+    def _plan(self, *fields: *_Fields) -> tuple[list[Op], WriteResult, HLCTimestamp]:
+        """The engine ops of one change and its result; raises when a precondition fails.
+
+        One flat function on purpose (it is the hot path of every write): no version
+        object, the id over the canonical encoding by :func:`trusted_version_id`, three
+        records encoded once each."""
+        (
+            key,
+            value,
+            content_type,
+            hlc,
+            origin,
+            author,
+            if_match,
+            if_none_match,
+            parents,
+            require_exists,
+        ) = fields
+        kk = K + key.encode()
+        raw = self.engine.get(kk)
+        if raw is None:
+            heads: tuple[str, ...] = ()
+            absent = True
+        else:
+            current = decode_key_record(raw)
+            heads = current.heads
+            absent = current.deleted and len(heads) <= 1
+        if if_none_match and not absent:
+            raise PreconditionFailed(f"key {key!r} exists", key=key, heads=list(heads))
+        if if_match is not None and heads != (if_match,):
             raise PreconditionFailed(
-                f"version {cmd.if_match} is not the sole current head of {cmd.key!r}",
-                key=cmd.key,
+                f"version {if_match} is not the sole current head of {key!r}",
+                key=key,
                 heads=list(heads),
             )
-        if cmd.require_exists and absent:
-            raise KeyNotFound(f"key {cmd.key!r} not found", key=cmd.key)
+        if require_exists and absent:
+            raise KeyNotFound(f"key {key!r} not found", key=key)
 
-        if cmd.parents is None:
-            parents = heads
+        local = parents is None  # supersedes every head
+        if parents is None:
+            parents = heads  # sorted, unique (heads always are)
         else:
-            parents = cmd.parents
+            if isinstance(parents, str):
+                raise InvalidInput("parents must be a sequence of version ids, not one string")
+            parents = tuple(sorted({check_version_id(p) for p in parents}))
             for p in parents:
-                if self.version_record(p) is None:
+                if self.engine.get(version_key(p)) is None:
                     raise VersionNotFound(f"parent version {p} not found", version=p)
 
-        version = make_version(
-            cmd.key,
-            parents,
-            cmd.value,
-            cmd.hlc,
-            cmd.origin,
-            author=cmd.author,
-            content_type=cmd.content_type,
+        if value is None:
+            digest_b, digest, size, deleted = b"", "", 0, True
+        else:
+            digest_b = _sha256(value).digest()
+            digest, size, deleted = digest_b.hex(), len(value), False
+        wall, logical = hlc.wall, hlc.logical
+        vid = trusted_version_id(
+            key, parents, digest, wall, logical, origin, deleted, content_type, author
         )
         revision = self.revision + 1
-        clock = cmd.hlc if cmd.hlc > self.clock else self.clock
-        new_heads = add_head(heads, version)
+        c = self.clock
+        clock = hlc if wall > c.wall or (wall == c.wall and logical > c.logical) else c
 
-        if new_heads == (version.id,):
-            served, served_rev, value = version, revision, cmd.value
+        if local:
+            new_heads: tuple[str, ...] = (vid,)
         else:
-            served, served_rev, value = self._resolve(new_heads, version, revision, cmd.value)
-
-        record = KeyRecord(
-            heads=new_heads,
-            version=served.id,
-            revision=served_rev,
-            content_type=served.content_type,
-            deleted=served.deleted,
-            value=value,
-            hlc_wall=served.hlc.wall,
-            hlc_logical=served.hlc.logical,
-        )
+            ps = set(parents)
+            new_heads = tuple(sorted({h for h in heads if h not in ps} | {vid}))
+        if len(new_heads) == 1:
+            record = KeyRecord(
+                new_heads, vid, revision, content_type, deleted, value, wall, logical
+            )
+        else:
+            new = Version._trusted(
+                vid, key, parents, hlc, origin, author, content_type, digest, size, deleted
+            )
+            served, served_rev, served_value = self._resolve(new_heads, new, revision, value)
+            record = KeyRecord(
+                new_heads,
+                served.id,
+                served_rev,
+                served.content_type,
+                served.deleted,
+                served_value,
+                served.hlc.wall,
+                served.hlc.logical,
+            )
+        vid_b = _fromhex(vid)
+        encode = _enc.encode
         ops: list[Op] = [
-            (key_key(cmd.key), _key_enc.encode(record)),
-            (version_key(version.id), encode_version_record(revision, version)),
+            (kk, encode(record)),
             (
-                change_key(revision),
-                _key_enc.encode(
-                    ChangeRecord(version.id, cmd.key, version.deleted, clock.wall, clock.logical)
+                V + vid.encode(),
+                encode(
+                    VersionRecord(
+                        RECORD_FORMAT,
+                        vid_b,
+                        key,
+                        [_fromhex(p) for p in parents],
+                        wall,
+                        logical,
+                        origin,
+                        author,
+                        content_type,
+                        digest_b,
+                        size,
+                        deleted,
+                        revision,
+                        value,
+                    )
                 ),
             ),
-        ]
-        if cmd.value is not None:
-            ops.append((value_key(version.id), cmd.value))
-        return (
-            ops,
-            WriteResult(
-                key=cmd.key,
-                version=version.id,
-                parents=version.parents,
-                revision=revision,
-                hlc=version.hlc,
-                deleted=version.deleted,
-                heads=new_heads,
+            (
+                C + _REV.pack(revision),
+                _CHANGE.pack(_CHANGE_FORMAT, vid_b, deleted, clock.wall, clock.logical) + kk[1:],
             ),
-            clock,
-        )
+        ]
+        return ops, WriteResult(key, vid, parents, revision, hlc, deleted, new_heads), clock
 
     def _resolve(
         self, heads: tuple[str, ...], new: Version, new_rev: int, new_value: bytes | None
@@ -475,8 +604,8 @@ def verify(sm: StateMachine) -> dict[str, int]:
         if v.id != vid:
             raise CorruptionError(f"version record {vid} holds version {v.id}")
         versions[vid] = rev
-        if not v.deleted and eng.get(value_key(vid)) is None:
-            raise CorruptionError(f"value of version {vid} is missing")
+        if not v.deleted:
+            sm.value_of(v)  # raises CorruptionError when the value is missing
     changes = 0
     for change in sm.changes(0):
         changes += 1

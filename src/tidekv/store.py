@@ -37,7 +37,6 @@ from tidekv.statemachine import (
     Change,
     KeyRecord,
     StateMachine,
-    WriteCommand,
     WriteResult,
     decode_key_record,
     meta_key,
@@ -72,8 +71,7 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(msgspec.Struct, frozen=True, gc=False):
     """A key's value as read: the content and the version it belongs to."""
 
     key: str
@@ -130,6 +128,7 @@ class Store:
         self._clock = clock
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        self._followers = 0  # change iterators waiting on _changed
         self._closed = False
         self.sm = StateMachine(engine, resolver=resolver, sync=sync)
         self._manual = self.sm.resolver.name == "manual"
@@ -252,26 +251,28 @@ class Store:
         if if_match is not None:
             check_version_id(if_match)
         with self._lock:
-            self._check_open()
-            if self.sm.clock > self._hlc.last:
+            if self._closed:
+                raise StoreClosed("the store is closed")
+            sm = self.sm
+            clock, last = sm.clock, self._hlc.last
+            if clock.wall > last.wall or (clock.wall == last.wall and clock.logical > last.logical):
                 # versions applied from elsewhere (replication) moved the clock on: a
                 # local write must come after everything it may have seen
-                self._hlc.update(self.sm.clock, self._clock())
-            hlc = self._hlc.now(self._clock())
-            result = self.sm.apply(
-                WriteCommand(
-                    key=key,
-                    value=value,
-                    content_type=content_type,
-                    hlc=hlc,
-                    origin=self.origin,
-                    author=self.author if author is None else author,
-                    if_match=if_match,
-                    if_none_match=if_none_match,
-                    require_exists=require_exists,
-                )
+                self._hlc.update(clock, self._clock())
+            result = sm.write(
+                key,
+                value,
+                content_type,
+                self._hlc.now(self._clock()),
+                self.origin,
+                self.author if author is None else author,
+                if_match,
+                if_none_match,
+                None,
+                require_exists,
             )
-            self._changed.notify_all()
+            if self._followers:
+                self._changed.notify_all()
             return result
 
     def put(
@@ -524,8 +525,14 @@ class Store:
                 def advanced(seen: int = since) -> bool:
                     return self._closed or self.sm.revision > seen
 
-                if self.sm.revision <= since and not self._changed.wait_for(advanced, timeout):
-                    return
+                if self.sm.revision > since:
+                    continue
+                self._followers += 1
+                try:
+                    if not self._changed.wait_for(advanced, timeout):
+                        return
+                finally:
+                    self._followers -= 1
 
 
 def parse_time(when: dt.datetime | str | object) -> int:

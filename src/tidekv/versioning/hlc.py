@@ -39,6 +39,8 @@ so every valid time stamp can be rendered as RFC 3339 time."""
 _STRUCT = struct.Struct(">QH")
 _TEXT = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_new = object.__new__
+_set = object.__setattr__
 
 
 class ClockOffsetTooLarge(InvalidInput):
@@ -66,9 +68,9 @@ class HLCTimestamp:
     def trusted(cls, wall: int, logical: int) -> HLCTimestamp:
         """Build without the range checks, for fields read back from a record this
         package wrote (a hot path: every read returns a time stamp)."""
-        ts = object.__new__(cls)
-        object.__setattr__(ts, "wall", wall)
-        object.__setattr__(ts, "logical", logical)
+        ts = _new(cls)
+        _set(ts, "wall", wall)
+        _set(ts, "logical", logical)
         return ts
 
     def encode(self) -> bytes:
@@ -136,10 +138,13 @@ class HLC:
 
     def now(self, physical_ms: int) -> HLCTimestamp:
         """A send or local event at physical time ``physical_ms``: a new, larger time stamp."""
-        _check_physical(physical_ms)
+        if type(physical_ms) is not int or not 0 <= physical_ms <= MAX_WALL:
+            _check_physical(physical_ms)
         last = self._last
-        if physical_ms > last.wall:
-            ts = HLCTimestamp(physical_ms, 0)
+        if physical_ms > last.wall:  # in range: checked above
+            ts = HLCTimestamp.trusted(physical_ms, 0)
+        elif last.logical < MAX_LOGICAL:
+            ts = HLCTimestamp.trusted(last.wall, last.logical + 1)
         else:
             ts = _tick(last.wall, last.logical + 1)
         self._last = ts

@@ -26,13 +26,16 @@ from tidekv.versioning.hlc import HLCTimestamp
 __all__ = [
     "BYTES_CONTENT_TYPE",
     "JSON_CONTENT_TYPE",
+    "RECORD_FORMAT",
     "VERSION_ID_LENGTH",
+    "EncodedVersion",
     "Version",
     "canonical_version_bytes",
     "check_version_id",
     "compute_version_id",
     "is_version_id",
     "make_version",
+    "trusted_version_id",
     "validate_json",
     "value_digest",
 ]
@@ -46,7 +49,7 @@ VERSION_ID_LENGTH = 40
 _ID_DOMAIN = b"tidekv.version-id\x00"  # domain separation: these bytes hash nothing else
 _ID_FORMAT = 1  # bump when the canonical encoding changes (old ids stay valid as strings)
 _ID_HEAD = _ID_DOMAIN + bytes([_ID_FORMAT])
-_RECORD_FORMAT = 1  # the first element of an encoded Version record
+RECORD_FORMAT = 1  # the first element of an encoded Version record
 _U32 = struct.Struct(">I")
 _ID_RE = re.compile(r"[0-9a-f]{40}")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
@@ -192,9 +195,76 @@ def compute_version_id(
     return hashlib.sha256(data).hexdigest()[:VERSION_ID_LENGTH]
 
 
-class _Record(msgspec.Struct, array_like=True, frozen=True):
+_LP40 = _U32.pack(40)  # the length prefix of a parent id (always 40 hex chars)
+_LP64 = _U32.pack(64)  # ... and of a value digest (64 hex chars)
+_LP0 = _U32.pack(0)
+_ONE_PARENT = _U32.pack(1) + _LP40
+_HLC10 = struct.Struct(">QH")  # HLCTimestamp.encode, without building a time stamp
+_sha256 = hashlib.sha256
+_tails: dict[tuple[str, bool, str, str], bytes] = {}
+_TAILS_MAX = 1024
+
+
+def trusted_version_id(
+    key: str,
+    parents: tuple[str, ...],
+    digest: str,
+    wall: int,
+    logical: int,
+    origin: str,
+    deleted: bool,
+    content_type: str,
+    author: str,
+) -> str:
+    """:func:`compute_version_id` over the same canonical bytes, for the store's write
+    path, with the input checks left out: ``parents`` are sorted, unique, valid version
+    ids; ``digest`` is 64 hex chars or "" (a tombstone); every string is encodable;
+    ``wall``/``logical`` are in range. The tail of the encoding (origin, tombstone flag,
+    content type, author) repeats from write to write and is memoised (bounded).
+    Property-tested to equal :func:`compute_version_id`."""
+    kb = key.encode()
+    n = len(parents)
+    if n == 0:
+        pb = _LP0
+    elif n == 1:
+        pb = _ONE_PARENT + parents[0].encode()
+    else:
+        pb = _U32.pack(n) + b"".join([_LP40 + p.encode() for p in parents])
+    tk = (origin, deleted, content_type, author)
+    tail = _tails.get(tk)
+    if tail is None:
+        o, c, a = origin.encode(), content_type.encode(), author.encode()
+        tail = b"".join(
+            (
+                _U32.pack(len(o)),
+                o,
+                b"\x01" if deleted else b"\x00",
+                _U32.pack(len(c)),
+                c,
+                _U32.pack(len(a)),
+                a,
+            )
+        )
+        if len(_tails) < _TAILS_MAX:
+            _tails[tk] = tail
+    data = b"".join(
+        (
+            _ID_HEAD,
+            _U32.pack(len(kb)),
+            kb,
+            pb,
+            _LP64 + digest.encode() if digest else _LP0,
+            _HLC10.pack(wall, logical),
+            tail,
+        )
+    )
+    return _sha256(data).hexdigest()[:VERSION_ID_LENGTH]
+
+
+class EncodedVersion(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """The wire/disk layout of a Version: a msgpack array in this field order; ids and
-    the digest as raw bytes (20 and 32), not hex."""
+    the digest as raw bytes (20 and 32), not hex. A storage record may extend it with
+    more fields (they follow these in the array)."""
 
     format: int
     id: bytes
@@ -209,9 +279,25 @@ class _Record(msgspec.Struct, array_like=True, frozen=True):
     size: int
     deleted: bool
 
+    def trusted_version(self) -> Version:
+        """The :class:`Version`, without the constructor's checks: only for records this
+        package wrote itself (a store reading its own engine)."""
+        return Version._trusted(
+            self.id.hex(),
+            self.key,
+            tuple([p.hex() for p in self.parents]),
+            HLCTimestamp.trusted(self.wall, self.logical),
+            self.origin,
+            self.author,
+            self.content_type,
+            self.digest.hex(),
+            self.size,
+            self.deleted,
+        )
+
 
 _ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(_Record)
+_DECODER = msgspec.msgpack.Decoder(EncodedVersion)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,8 +390,8 @@ class Version:
     def encode(self) -> bytes:
         """A compact msgpack record; :meth:`decode` gives back an equal Version."""
         return _ENCODER.encode(
-            _Record(
-                _RECORD_FORMAT,
+            EncodedVersion(
+                RECORD_FORMAT,
                 bytes.fromhex(self.id),
                 self.key,
                 [bytes.fromhex(p) for p in self.parents],
@@ -327,7 +413,7 @@ class Version:
             r = _DECODER.decode(data)
         except msgspec.DecodeError as exc:
             raise InvalidInput(f"not an encoded version record: {exc}") from exc
-        if r.format != _RECORD_FORMAT:
+        if r.format != RECORD_FORMAT:
             raise InvalidInput(f"unknown version record format {r.format}")
         return cls(
             id=r.id.hex(),
