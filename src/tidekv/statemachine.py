@@ -8,23 +8,28 @@ and :meth:`StateMachine.apply` is deterministic given the engine's contents.
 
 Layout in the engine (every key starts with a one-byte tag)::
 
-    K<key utf-8>            -> KeyRecord: current heads, the resolved version, its value inline
-    V<version id>           -> VersionRecord: revision, the version's fields, its value
+    K<key utf-8>            -> KeyRecord: current heads, the served (resolved) version and
+                               its value inline
+    V<version id>           -> VersionRecord: the version's fields, the revision that
+                               applied it, and its value unless K serves it
+    D<version id>           -> the value of a version that K no longer serves
     C<revision 8 bytes BE>  -> change: 0x02, version id (20 bytes), tombstone flag, the
                                store's HLC after the change (10 bytes), the key (utf-8)
     M<name>                 -> store metadata (origin, format, the Raft applied index)
     I<idempotency key>      -> the outcome of the first request with that key (replicated)
 
-A change writes K, V and C in one atomic write batch (three operations: the fewest
-that give the three access paths -- by key, by version id, by revision), so a crash
-never leaves a version without its key record or change-log entry, or the reverse.
-The revision is the position in the change log; the newest ``C`` entry also holds the
+A value is stored once: inline in K while its version is served (a read is one engine
+get), in V when it is written as a sibling that is not served, and moved to D by the
+change that stops K serving it. A change writes K, V and C -- plus D when it replaces
+the served version of an existing key -- in ONE atomic write batch, so a crash never
+leaves a version without its key record or change-log entry, or the reverse. The
+revision is the position in the change log; the newest ``C`` entry also holds the
 store's HLC, so both survive a restart without an extra write.
 
-Format 1 (before 2026-12) kept the value in a separate ``D<version id>`` record and
-encoded ``V`` as revision + :meth:`Version.encode` and ``C`` as a msgpack array; both
-are still read (a ``V`` record of format 1 starts with a zero byte, format 2 with a
-msgpack array header), so an old store opens and serves its data unchanged.
+Format 1 (before 2026-12) kept every value in ``D``, encoded ``V`` as revision +
+:meth:`Version.encode` and ``C`` as a msgpack array; both are still read (a format-1
+``V`` record starts with a zero byte, format 2 with a msgpack array header), so an old
+store opens and serves its data unchanged.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from tidekv.errors import (
 )
 from tidekv.storage import Engine, Op, prefix_end
 from tidekv.versioning import (
+    CONTENT_TYPE_CODES,
     RECORD_FORMAT,
     EncodedVersion,
     HLCTimestamp,
@@ -68,19 +74,33 @@ _CHANGE = struct.Struct(">B20s?QH")  # format, version id, deleted, clock wall, 
 _sha256 = hashlib.sha256
 _fromhex = bytes.fromhex
 _trusted_ts = HLCTimestamp.trusted
+_CT_CODE = {t: i for i, t in enumerate(CONTENT_TYPE_CODES)}
 
 
 class KeyRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """What ``K<key>`` holds: the current heads and the resolved state served by reads."""
+    """What ``K<key>`` holds: the current heads and the resolved state served by reads.
 
-    heads: tuple[str, ...]
+    Compact on disk: ``stored_heads`` is empty when the served version is the only head,
+    ``ctype`` a code of :data:`CONTENT_TYPE_CODES` for the common types (format 1
+    records, which hold the heads and the text, read the same)."""
+
+    stored_heads: tuple[str, ...]
     version: str  # the head whose content is served (resolved winner)
     revision: int  # revision at which ``version`` was applied
-    content_type: str
+    ctype: int | str
     deleted: bool
     value: bytes | None
     hlc_wall: int
     hlc_logical: int
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return self.stored_heads or (self.version,)
+
+    @property
+    def content_type(self) -> str:
+        c = self.ctype
+        return c if type(c) is str else CONTENT_TYPE_CODES[c]  # type: ignore[index]
 
 
 class VersionRecord(EncodedVersion, array_like=True, frozen=True, gc=False):
@@ -91,6 +111,12 @@ class VersionRecord(EncodedVersion, array_like=True, frozen=True, gc=False):
 
     revision: int
     value: bytes | None
+
+    def version(self) -> Version:
+        """The version (format 2 leaves out the digest of an inline value)."""
+        if self.digest or self.value is None:
+            return self.trusted_version()
+        return self.trusted_version(_sha256(self.value).digest())
 
 
 class ChangeRecord(msgspec.Struct, array_like=True, frozen=True):
@@ -270,7 +296,7 @@ def decode_version_record(raw: bytes) -> tuple[int, Version]:
         r = _vrec_dec.decode(raw)
         if r.format != RECORD_FORMAT:
             raise CorruptionError(f"unknown version record format {r.format}")
-        return r.revision, r.trusted_version()
+        return r.revision, r.version()
     except CorruptionError:
         raise
     except Exception as exc:
@@ -362,18 +388,27 @@ class StateMachine:
         return None if rec is None else rec[1]
 
     def value_of(self, version: Version) -> bytes | None:
+        """The value of a version: inline in its ``V`` record, else inline in its key's
+        ``K`` record while it is the served version, else in ``D<id>``."""
         if version.deleted:
             return None
-        raw = self.engine.get(version_key(version.id))
+        vid = version.id
+        raw = self.engine.get(version_key(vid))
         if raw is not None and raw[:1] != b"\x00":
             try:
                 value = _vrec_dec.decode(raw).value
             except msgspec.DecodeError as exc:
                 raise CorruptionError(f"unreadable version record: {exc}") from exc
-        else:  # format 1 (or missing): the value is in D<id>
-            value = self.engine.get(value_key(version.id))
+            if value is not None:
+                return value
+        # K before D: the batch that stops K serving this version also writes its D
+        # record, so a reader without the write lock finds the value in one or the other
+        rec = self.key_record(version.key)
+        if rec is not None and rec.version == vid and rec.value is not None:
+            return rec.value
+        value = self.engine.get(value_key(vid))
         if value is None:
-            raise CorruptionError(f"value of version {version.id} is missing")
+            raise CorruptionError(f"value of version {vid} is missing")
         return value
 
     def changes(self, since: int = 0, limit: int | None = None) -> Iterator[Change]:
@@ -468,6 +503,7 @@ class StateMachine:
         kk = K + key.encode()
         raw = self.engine.get(kk)
         if raw is None:
+            current = None
             heads: tuple[str, ...] = ()
             absent = True
         else:
@@ -497,10 +533,9 @@ class StateMachine:
                     raise VersionNotFound(f"parent version {p} not found", version=p)
 
         if value is None:
-            digest_b, digest, size, deleted = b"", "", 0, True
+            digest, size, deleted = b"", 0, True
         else:
-            digest_b = _sha256(value).digest()
-            digest, size, deleted = digest_b.hex(), len(value), False
+            digest, size, deleted = _sha256(value).digest(), len(value), False
         wall, logical = hlc.wall, hlc.logical
         vid = trusted_version_id(
             key, parents, digest, wall, logical, origin, deleted, content_type, author
@@ -514,25 +549,28 @@ class StateMachine:
         else:
             ps = set(parents)
             new_heads = tuple(sorted({h for h in heads if h not in ps} | {vid}))
+        ct = _CT_CODE.get(content_type, content_type)
         if len(new_heads) == 1:
-            record = KeyRecord(
-                new_heads, vid, revision, content_type, deleted, value, wall, logical
-            )
+            served_id = vid
+            record = KeyRecord((), vid, revision, ct, deleted, value, wall, logical)
         else:
             new = Version._trusted(
-                vid, key, parents, hlc, origin, author, content_type, digest, size, deleted
+                vid, key, parents, hlc, origin, author, content_type, digest.hex(), size, deleted
             )
             served, served_rev, served_value = self._resolve(new_heads, new, revision, value)
             record = KeyRecord(
                 new_heads,
                 served.id,
                 served_rev,
-                served.content_type,
+                _CT_CODE.get(served.content_type, served.content_type),
                 served.deleted,
                 served_value,
                 served.hlc.wall,
                 served.hlc.logical,
             )
+            served_id = served.id
+        # the value is stored once: inline in K while this version is served, else in V
+        in_k = served_id == vid
         vid_b = _fromhex(vid)
         encode = _enc.encode
         ops: list[Op] = [
@@ -544,17 +582,17 @@ class StateMachine:
                         RECORD_FORMAT,
                         vid_b,
                         key,
-                        [_fromhex(p) for p in parents],
+                        [_fromhex(p) for p in parents] if parents else [],
                         wall,
                         logical,
                         origin,
                         author,
-                        content_type,
-                        digest_b,
+                        ct,
+                        digest if in_k else b"",  # an inline value's: recomputed when read
                         size,
                         deleted,
                         revision,
-                        value,
+                        None if in_k else value,
                     )
                 ),
             ),
@@ -563,6 +601,14 @@ class StateMachine:
                 _CHANGE.pack(_CHANGE_FORMAT, vid_b, deleted, clock.wall, clock.logical) + kk[1:],
             ),
         ]
+        if (
+            current is not None
+            and current.version != served_id
+            and current.value is not None
+            and not current.deleted
+        ):
+            # the version K served until now is no longer served: its value moves to D
+            ops.append((D + current.version.encode(), current.value))
         return ops, WriteResult(key, vid, parents, revision, hlc, deleted, new_heads), clock
 
     def _resolve(

@@ -45,6 +45,7 @@ from tidekv.statemachine import (
 from tidekv.storage import Engine, open_engine, prefix_end
 from tidekv.versioning import (
     BYTES_CONTENT_TYPE,
+    CONTENT_TYPE_CODES,
     HLC,
     JSON_CONTENT_TYPE,
     Diff,
@@ -57,13 +58,14 @@ from tidekv.versioning import (
     is_json_type,
     validate_json,
 )
+from tidekv.versioning import TEXT_CONTENT_TYPE as TEXT_CONTENT_TYPE  # re-exported
 
 DEFAULT_MAX_KEY_BYTES = 1024
 DEFAULT_MAX_VALUE_BYTES = 1 << 20
-TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
 builtins_open = builtins.open
+_trusted_ts = HLCTimestamp.trusted
 
 
 def wall_clock_ms() -> int:
@@ -187,6 +189,13 @@ class Store:
 
     def key_bytes(self, key: object) -> bytes:
         """The UTF-8 bytes of a valid key (raises like :meth:`check_key`)."""
+        if type(key) is str:  # the hot path
+            try:
+                kb = key.encode()
+            except UnicodeEncodeError:
+                raise InvalidKey("the key is not valid UTF-8") from None
+            if kb and len(kb) <= self.max_key_bytes:
+                return kb
         try:
             kb = key.encode()  # type: ignore[attr-defined]
         except (AttributeError, UnicodeEncodeError):
@@ -242,7 +251,6 @@ class Store:
         key: str,
         value: bytes | None,
         content_type: str,
-        *,
         if_match: str | None,
         if_none_match: bool,
         author: str | None,
@@ -291,11 +299,13 @@ class Store:
         (a JSON document). ``if_match``: write only if that version is the key's sole
         current head; ``if_none_match``: write only if the key is absent.
         """
-        key = self.check_key(key)
+        self.key_bytes(key)
+        if type(value) is bytes and content_type is None:  # the hot path: bytes as given
+            if len(value) > self.max_value_bytes:
+                self.encode_value(value, None)  # raises ValueTooLarge
+            return self._write(key, value, BYTES_CONTENT_TYPE, if_match, if_none_match, author)
         data, ctype = self.encode_value(value, content_type)
-        return self._write(
-            key, data, ctype, if_match=if_match, if_none_match=if_none_match, author=author
-        )
+        return self._write(key, data, ctype, if_match, if_none_match, author)
 
     def delete(
         self, key: str, *, if_match: str | None = None, author: str | None = None
@@ -346,23 +356,27 @@ class Store:
         if self._closed:
             raise StoreClosed("the store is closed")
         raw = self.engine.get(b"K" + self.key_bytes(key))
-        rec = None if raw is None else decode_key_record(raw)
-        if rec is None or rec.deleted or rec.value is None:
+        if raw is None:
             raise KeyNotFound(f"key {key!r} not found", key=key)
-        if len(rec.heads) > 1 and self._manual:
+        rec = decode_key_record(raw)
+        if rec.deleted or rec.value is None:
+            raise KeyNotFound(f"key {key!r} not found", key=key)
+        siblings = len(rec.stored_heads) or 1
+        if siblings > 1 and self._manual:
             raise Siblings(
-                f"key {key!r} has {len(rec.heads)} siblings to resolve",
+                f"key {key!r} has {siblings} siblings to resolve",
                 key=key,
                 siblings=list(rec.heads),
             )
+        ctype = rec.ctype
         return Item(
             key,
             rec.value,
-            rec.content_type,
+            ctype if type(ctype) is str else CONTENT_TYPE_CODES[ctype],  # type: ignore[index]
             rec.version,
             rec.revision,
-            HLCTimestamp.trusted(rec.hlc_wall, rec.hlc_logical),
-            len(rec.heads),
+            _trusted_ts(rec.hlc_wall, rec.hlc_logical),
+            siblings,
         )
 
     def heads(self, key: str) -> list[str]:
@@ -485,7 +499,7 @@ class Store:
                 rec.content_type,
                 rec.version,
                 rec.revision,
-                HLCTimestamp(rec.hlc_wall, rec.hlc_logical),
+                _trusted_ts(rec.hlc_wall, rec.hlc_logical),
                 len(rec.heads),
             )
 

@@ -43,8 +43,10 @@ from tidekv.versioning.resolve import (
 )
 from tidekv.versioning.version import (
     BYTES_CONTENT_TYPE,
+    CONTENT_TYPE_CODES,
     JSON_CONTENT_TYPE,
     RECORD_FORMAT,
+    TEXT_CONTENT_TYPE,
     VERSION_ID_LENGTH,
     EncodedVersion,
     Version,
@@ -60,12 +62,14 @@ from tidekv.versioning.version import (
 
 __all__ = [
     "BYTES_CONTENT_TYPE",
+    "CONTENT_TYPE_CODES",
     "HLC",
     "JSON_CONTENT_TYPE",
     "MAX_LOGICAL",
     "MAX_WALL",
     "RECORD_FORMAT",
     "RESOLVERS",
+    "TEXT_CONTENT_TYPE",
     "VERSION_ID_LENGTH",
     "ZERO",
     "ClockOffsetTooLarge",

@@ -25,8 +25,10 @@ from tidekv.versioning.hlc import HLCTimestamp
 
 __all__ = [
     "BYTES_CONTENT_TYPE",
+    "CONTENT_TYPE_CODES",
     "JSON_CONTENT_TYPE",
     "RECORD_FORMAT",
+    "TEXT_CONTENT_TYPE",
     "VERSION_ID_LENGTH",
     "EncodedVersion",
     "Version",
@@ -42,6 +44,10 @@ __all__ = [
 
 JSON_CONTENT_TYPE = "application/json"
 BYTES_CONTENT_TYPE = "application/octet-stream"
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+CONTENT_TYPE_CODES: tuple[str, ...] = (BYTES_CONTENT_TYPE, JSON_CONTENT_TYPE, TEXT_CONTENT_TYPE)
+"""Content types a record may hold as their index in this tuple instead of the text
+(the store's records do). Persisted: only ever append."""
 
 VERSION_ID_LENGTH = 40
 """Hex characters shown of the 256-bit hash: 160 bits."""
@@ -208,7 +214,7 @@ _TAILS_MAX = 1024
 def trusted_version_id(
     key: str,
     parents: tuple[str, ...],
-    digest: str,
+    digest: bytes,
     wall: int,
     logical: int,
     origin: str,
@@ -218,10 +224,10 @@ def trusted_version_id(
 ) -> str:
     """:func:`compute_version_id` over the same canonical bytes, for the store's write
     path, with the input checks left out: ``parents`` are sorted, unique, valid version
-    ids; ``digest`` is 64 hex chars or "" (a tombstone); every string is encodable;
-    ``wall``/``logical`` are in range. The tail of the encoding (origin, tombstone flag,
-    content type, author) repeats from write to write and is memoised (bounded).
-    Property-tested to equal :func:`compute_version_id`."""
+    ids; ``digest`` is the raw 32-byte SHA-256 of the value, or b"" for a tombstone;
+    every string is encodable; ``wall``/``logical`` are in range. The tail of the
+    encoding (origin, tombstone flag, content type, author) repeats from write to write
+    and is memoised (bounded). Property-tested to equal :func:`compute_version_id`."""
     kb = key.encode()
     n = len(parents)
     if n == 0:
@@ -233,32 +239,29 @@ def trusted_version_id(
     tk = (origin, deleted, content_type, author)
     tail = _tails.get(tk)
     if tail is None:
-        o, c, a = origin.encode(), content_type.encode(), author.encode()
-        tail = b"".join(
-            (
-                _U32.pack(len(o)),
-                o,
-                b"\x01" if deleted else b"\x00",
-                _U32.pack(len(c)),
-                c,
-                _U32.pack(len(a)),
-                a,
-            )
-        )
+        tail = _tail(*tk)
         if len(_tails) < _TAILS_MAX:
             _tails[tk] = tail
-    data = b"".join(
-        (
-            _ID_HEAD,
-            _U32.pack(len(kb)),
-            kb,
-            pb,
-            _LP64 + digest.encode() if digest else _LP0,
-            _HLC10.pack(wall, logical),
-            tail,
+    return _sha256(
+        b"".join(
+            (
+                _ID_HEAD,
+                _U32.pack(len(kb)),
+                kb,
+                pb,
+                _LP64 + digest.hex().encode() if digest else _LP0,
+                _HLC10.pack(wall, logical),
+                tail,
+            )
         )
-    )
-    return _sha256(data).hexdigest()[:VERSION_ID_LENGTH]
+    ).hexdigest()[:VERSION_ID_LENGTH]
+
+
+def _tail(origin: str, deleted: bool, content_type: str, author: str) -> bytes:
+    o, c, a = origin.encode(), content_type.encode(), author.encode()
+    pack = _U32.pack
+    flag = b"\x01" if deleted else b"\x00"
+    return b"".join((pack(len(o)), o, flag, pack(len(c)), c, pack(len(a)), a))
 
 
 class EncodedVersion(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -274,14 +277,20 @@ class EncodedVersion(msgspec.Struct, array_like=True, frozen=True, gc=False):
     logical: int
     origin: str
     author: str
-    content_type: str
+    content_type: int | str  # Version.encode writes the text; a code of CONTENT_TYPE_CODES
     digest: bytes
     size: int
     deleted: bool
 
-    def trusted_version(self) -> Version:
+    @property
+    def content_type_text(self) -> str:
+        c = self.content_type
+        return c if type(c) is str else CONTENT_TYPE_CODES[c]  # type: ignore[index]
+
+    def trusted_version(self, digest: bytes | None = None) -> Version:
         """The :class:`Version`, without the constructor's checks: only for records this
-        package wrote itself (a store reading its own engine)."""
+        package wrote itself (a store reading its own engine). ``digest``: the value's
+        digest, for records that leave it out because they hold the value."""
         return Version._trusted(
             self.id.hex(),
             self.key,
@@ -289,8 +298,8 @@ class EncodedVersion(msgspec.Struct, array_like=True, frozen=True, gc=False):
             HLCTimestamp.trusted(self.wall, self.logical),
             self.origin,
             self.author,
-            self.content_type,
-            self.digest.hex(),
+            self.content_type_text,
+            (self.digest if digest is None else digest).hex(),
             self.size,
             self.deleted,
         )
@@ -422,7 +431,7 @@ class Version:
             hlc=HLCTimestamp(r.wall, r.logical),
             origin=r.origin,
             author=r.author,
-            content_type=r.content_type,
+            content_type=r.content_type_text,
             digest=r.digest.hex(),
             size=r.size,
             deleted=r.deleted,
