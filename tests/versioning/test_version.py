@@ -24,6 +24,7 @@ from tidekv.versioning import (
     compute_version_id,
     is_version_id,
     make_version,
+    trusted_version_id,
     validate_json,
     value_digest,
 )
@@ -353,3 +354,47 @@ def test_validate_json_rejects_with_position(data: bytes) -> None:
 def test_validate_json_error_names_the_byte() -> None:
     with pytest.raises(InvalidJSON, match=r"byte 7"):
         validate_json(b'{"a":1,}')
+
+
+# -- the store's fast path computes the same id -----------------------------------------
+
+
+@settings(max_examples=300)
+@given(
+    key=texts,
+    parents=st.lists(version_ids, max_size=4),
+    value=st.none() | st.binary(max_size=64),
+    hlc=timestamps,
+    origin=texts,
+    content_type=texts,
+    author=texts,
+)
+def test_trusted_version_id_equals_compute_version_id(
+    key: str,
+    parents: list[str],
+    value: bytes | None,
+    hlc: HLCTimestamp,
+    origin: str,
+    content_type: str,
+    author: str,
+) -> None:
+    unique = tuple(sorted(set(parents)))
+    deleted = value is None
+    digest = b"" if value is None else hashlib.sha256(value).digest()
+    want = compute_version_id(
+        key,
+        unique,
+        digest.hex(),
+        hlc,
+        origin,
+        deleted=deleted,
+        content_type=content_type,
+        author=author,
+    )
+    for _ in range(2):  # the second call hits the memoised tail
+        got = trusted_version_id(
+            key, unique, digest, hlc.wall, hlc.logical, origin, deleted, content_type, author
+        )
+        assert got == want
+    made = make_version(key, unique, value, hlc, origin, author=author, content_type=content_type)
+    assert made.id == want

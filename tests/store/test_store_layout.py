@@ -1,0 +1,198 @@
+"""The store's record layout (statemachine.py): a value is stored once, format-1 stores
+still read, and readers without the write lock always find a version's value."""
+
+from __future__ import annotations
+
+import struct
+import threading
+from pathlib import Path
+
+import msgspec
+
+import tidekv
+from tidekv.statemachine import D, K, V, WriteCommand, change_key, key_key, value_key, version_key
+from tidekv.storage import open_engine
+from tidekv.store import Store
+from tidekv.versioning import HLCTimestamp, Version, make_version
+
+from .conftest import FakeClock
+
+_REV = struct.Struct(">Q")
+
+
+def _vrec(store: Store, vid: str) -> list[object]:
+    raw = store.engine.get(version_key(vid))
+    assert raw is not None
+    out = msgspec.msgpack.decode(raw)
+    assert isinstance(out, list)
+    return out
+
+
+def test_a_value_is_stored_once_and_moves_when_superseded(store: Store) -> None:
+    v1 = store.put("k", b"one")
+    # while served, the value is inline in K only: not in V, no D record
+    assert _vrec(store, v1.version)[-1] is None
+    assert store.engine.get(value_key(v1.version)) is None
+    v2 = store.put("k", b"two")
+    # the change that stopped serving v1 moved its value to D, in the same batch
+    assert store.engine.get(value_key(v1.version)) == b"one"
+    assert _vrec(store, v2.version)[-1] is None
+    assert store.get("k").value == b"two"
+    assert store.get("k", version=v1.version).value == b"one"
+    assert store.get("k", version=v2.version).value == b"two"
+    # the digest (left out beside an inline value) is the value's, recomputed
+    assert [vi.version.size for vi in store.history("k")] == [3, 3]
+    for vi in store.history("k"):
+        assert vi.version.recompute_id() == vi.version.id
+    d = store.delete("k")
+    assert store.engine.get(value_key(v2.version)) == b"two"
+    assert store.engine.get(value_key(d.version)) is None  # a tombstone has no value
+    assert store.verify() == {"keys": 1, "versions": 3, "revision": 3}
+
+
+def test_a_sibling_that_is_not_served_keeps_its_value_in_v(store: Store) -> None:
+    base = store.put("k", b"base")
+    late = store.sm.apply(
+        WriteCommand(
+            key="k",
+            value=b"late",
+            content_type="application/octet-stream",
+            hlc=HLCTimestamp(base.hlc.wall + 10_000, 0),
+            origin="site-b",
+            parents=(base.version,),
+        )
+    )
+    early = store.sm.apply(
+        WriteCommand(
+            key="k",
+            value=b"early",
+            content_type="application/octet-stream",
+            hlc=HLCTimestamp(base.hlc.wall + 5_000, 0),
+            origin="site-a",
+            parents=(base.version,),
+        )
+    )
+    assert store.get("k").value == b"late"  # served: inline in K
+    assert _vrec(store, late.version)[-1] is None
+    assert _vrec(store, early.version)[-1] == b"early"  # lost: its value stays in V
+    assert store.get("k", version=early.version).value == b"early"
+    assert store.get("k", version=base.version).value == b"base"
+    store.verify()
+
+
+def _format1_store(engine_path: Path) -> tuple[list[Version], dict[str, bytes]]:
+    """Write the records of a format-1 store (the layout before 2026-12) by hand."""
+    eng = open_engine("lsm", str(engine_path))
+    t = 1_763_800_000_000
+    a1 = make_version("a", [], b"a-one", HLCTimestamp(t, 0), "old-site")
+    a2 = make_version("a", [a1.id], b"a-two", HLCTimestamp(t + 1, 0), "old-site")
+    b1 = make_version(
+        "b", [], b'{"x":1}', HLCTimestamp(t + 2, 0), "old-site", content_type="application/json"
+    )
+    values = {a1.id: b"a-one", a2.id: b"a-two", b1.id: b'{"x":1}'}
+    ops: list[tuple[bytes, bytes | None]] = [(b"Morigin", b"old-site")]
+    for rev, v in enumerate([a1, a2, b1], start=1):
+        ops.append((version_key(v.id), _REV.pack(rev) + v.encode()))
+        ops.append((value_key(v.id), values[v.id]))
+        clock = [v.hlc.wall, v.hlc.logical]
+        ops.append((change_key(rev), msgspec.msgpack.encode([v.id, v.key, False, *clock])))
+    for rev, v in [(2, a2), (3, b1)]:
+        rec = [[v.id], v.id, rev, v.content_type, False, values[v.id], v.hlc.wall, 0]
+        ops.append((key_key(v.key), msgspec.msgpack.encode(rec)))
+    eng.write_batch(ops, sync=True)
+    eng.close()
+    return [a1, a2, b1], values
+
+
+def test_a_format_1_store_opens_reads_and_takes_new_writes(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    (a1, a2, b1), values = _format1_store(tmp_path / "data")
+    (tmp_path / "tidekv.json").write_text('{"engine": "lsm", "format": 1}')
+    with tidekv.open(str(tmp_path), clock=clock) as s:
+        assert s.origin == "old-site"
+        assert s.revision == 3
+        assert s.get("a").value == b"a-two"
+        assert s.get("a").version == a2.id
+        assert s.get("b").json() == {"x": 1}
+        assert s.get("a", version=a1.id).value == b"a-one"
+        assert [vi.version for vi in s.history("a")] == [a2, a1]
+        assert [(c.revision, c.key, c.version) for c in s.changes()] == [
+            (1, "a", a1.id),
+            (2, "a", a2.id),
+            (3, "b", b1.id),
+        ]
+        assert s.verify() == {"keys": 2, "versions": 3, "revision": 3}
+        new = s.put("a", b"a-three")  # format 2 on top of format 1
+        assert new.parents == (a2.id,)
+        assert new.revision == 4
+        assert s.get("a", version=a2.id).value == values[a2.id]
+        assert [vi.version.id for vi in s.history("a")] == [new.version, a2.id, a1.id]
+        assert [c.version for c in s.changes(3)] == [new.version]
+        assert s.verify() == {"keys": 2, "versions": 4, "revision": 4}
+    with tidekv.open(str(tmp_path), clock=clock) as s:
+        assert s.revision == 4 and s.get("a").value == b"a-three"
+        assert s.sm.clock == new.hlc
+
+
+def test_readers_without_the_lock_always_find_the_value(engine_name: str, tmp_path: Path) -> None:
+    """A reader that sees version X as current must be able to read X's value, even
+    while writers move it from K to D (the reader looks in K before D)."""
+    s = tidekv.open(str(tmp_path), engine_name, sync=False)
+    s.put("k", b"0")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    checked = [0]
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                item = s.get("k")
+                again = s.get("k", version=item.version)
+                assert again.value == item.value, (item, again)
+                checked[0] += 1
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1, 1500):
+            s.put("k", str(i).encode())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert checked[0] > 0
+    assert s.verify()["versions"] == 1500
+    s.close()
+
+
+def test_engine_records_of_one_change(store: Store) -> None:
+    """A fresh key is three records (K, V, C); replacing its value adds one D."""
+
+    def tags() -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
+        for k, _v in store.engine.scan(b"", None):
+            out[k[:1]] = out.get(k[:1], 0) + 1
+        return out
+
+    before = tags()
+    store.put("x", b"1")
+    after = tags()
+    assert {t: after.get(t, 0) - before.get(t, 0) for t in (K, V, D, b"C")} == {
+        K: 1,
+        V: 1,
+        D: 0,
+        b"C": 1,
+    }
+    store.put("x", b"2")
+    again = tags()
+    assert {t: again.get(t, 0) - after.get(t, 0) for t in (K, V, D, b"C")} == {
+        K: 0,
+        V: 1,
+        D: 1,
+        b"C": 1,
+    }
