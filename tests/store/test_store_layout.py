@@ -10,7 +10,17 @@ from pathlib import Path
 import msgspec
 
 import tidekv
-from tidekv.statemachine import D, K, V, WriteCommand, change_key, key_key, value_key, version_key
+from tidekv.statemachine import (
+    D,
+    K,
+    V,
+    WriteCommand,
+    WriteResult,
+    change_key,
+    key_key,
+    value_key,
+    version_key,
+)
 from tidekv.storage import open_engine
 from tidekv.store import Store
 from tidekv.versioning import HLCTimestamp, Version, make_version
@@ -50,28 +60,25 @@ def test_a_value_is_stored_once_and_moves_when_superseded(store: Store) -> None:
     assert store.verify() == {"keys": 1, "versions": 3, "revision": 3}
 
 
+def _sibling(
+    store: Store, base: WriteResult, value: bytes, later_ms: int, origin: str
+) -> WriteResult:
+    """A concurrent write on ``base`` (as replication applies one)."""
+    cmd = WriteCommand(
+        key=base.key,
+        value=value,
+        content_type="application/octet-stream",
+        hlc=HLCTimestamp(base.hlc.wall + later_ms, 0),
+        origin=origin,
+        parents=(base.version,),
+    )
+    return store.sm.apply(cmd)
+
+
 def test_a_sibling_that_is_not_served_keeps_its_value_in_v(store: Store) -> None:
     base = store.put("k", b"base")
-    late = store.sm.apply(
-        WriteCommand(
-            key="k",
-            value=b"late",
-            content_type="application/octet-stream",
-            hlc=HLCTimestamp(base.hlc.wall + 10_000, 0),
-            origin="site-b",
-            parents=(base.version,),
-        )
-    )
-    early = store.sm.apply(
-        WriteCommand(
-            key="k",
-            value=b"early",
-            content_type="application/octet-stream",
-            hlc=HLCTimestamp(base.hlc.wall + 5_000, 0),
-            origin="site-a",
-            parents=(base.version,),
-        )
-    )
+    late = _sibling(store, base, b"late", 10_000, "site-b")
+    early = _sibling(store, base, b"early", 5_000, "site-a")
     assert store.get("k").value == b"late"  # served: inline in K
     assert _vrec(store, late.version)[-1] is None
     assert _vrec(store, early.version)[-1] == b"early"  # lost: its value stays in V
