@@ -66,6 +66,7 @@ DEFAULT_MAX_VALUE_BYTES = 1 << 20
 
 builtins_open = builtins.open
 _trusted_ts = HLCTimestamp.trusted
+_key_decode = msgspec.msgpack.Decoder(KeyRecord).decode
 
 
 def wall_clock_ms() -> int:
@@ -355,10 +356,19 @@ class Store:
         # the hot path: one engine read, no second validation of what we wrote
         if self._closed:
             raise StoreClosed("the store is closed")
-        raw = self.engine.get(b"K" + self.key_bytes(key))
+        try:
+            kb = key.encode() if type(key) is str else b""
+        except UnicodeEncodeError:
+            kb = b""
+        if not kb or len(kb) > self.max_key_bytes:
+            kb = self.key_bytes(key)  # raises the right error (or accepts a str subclass)
+        raw = self.engine.get(b"K" + kb)
         if raw is None:
             raise KeyNotFound(f"key {key!r} not found", key=key)
-        rec = decode_key_record(raw)
+        try:
+            rec = _key_decode(raw)
+        except msgspec.DecodeError:
+            rec = decode_key_record(raw)  # raises CorruptionError
         if rec.deleted or rec.value is None:
             raise KeyNotFound(f"key {key!r} not found", key=key)
         siblings = len(rec.stored_heads) or 1
