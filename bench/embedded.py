@@ -86,18 +86,18 @@ def one_round(
             store.get(keys[i]).value  # noqa: B018  (the value is what a get serves)
 
     prof = cProfile.Profile() if profile and rnd == 0 else None
-    out["raw_put"], out["raw_put_cpu"] = timed(n, raw_put)
-    if prof and profile == "put":
-        prof.enable()
-    out["store_put"], out["store_put_cpu"] = timed(n, store_put)
-    if prof and profile == "put":
-        prof.disable()
-    out["raw_get"], out["raw_get_cpu"] = timed(n, raw_get)
-    if prof and profile == "get":
-        prof.enable()
-    out["store_get"], out["store_get_cpu"] = timed(n, store_get)
-    if prof and profile == "get":
-        prof.disable()
+
+    def measure(what: str, fn: Callable[[], None]) -> None:
+        if prof and profile == what.removeprefix("store_"):
+            prof.enable()
+        out[what], out[what + "_cpu"] = timed(n, fn)
+        if prof:
+            prof.disable()
+
+    measure("raw_put", raw_put)
+    measure("store_put", store_put)
+    measure("raw_get", raw_get)
+    measure("store_get", store_get)
     raw.close()
     store.close()
     out.update(batch_floor(name, n, tmp, rnd, keys, value))
