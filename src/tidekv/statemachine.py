@@ -22,7 +22,10 @@ A value is stored once: inline in K while its version is served (a read is one e
 get), in V when it is written as a sibling that is not served, and moved to D by the
 change that stops K serving it. A change writes K, V and C -- plus D when it replaces
 the served version of an existing key -- in ONE atomic write batch, so a crash never
-leaves a version without its key record or change-log entry, or the reverse. The
+leaves a version without its key record or change-log entry, or the reverse. K is the
+last record of the batch, C comes after V: an engine that applies a batch op by op
+(memory, hash) shows readers without the write lock a key record or change entry only
+after the records it names. The
 revision is the position in the change log; the newest ``C`` entry also holds the
 store's HLC, so both survive a restart without an extra write.
 
@@ -573,8 +576,9 @@ class StateMachine:
         in_k = served_id == vid
         vid_b = _fromhex(vid)
         encode = _enc.encode
+        # K last: an engine that applies a batch op by op (memory, hash) shows a reader
+        # without the lock the new K record only after the V, D and C records it needs
         ops: list[Op] = [
-            (kk, encode(record)),
             (
                 V + vid.encode(),
                 encode(
@@ -609,6 +613,7 @@ class StateMachine:
         ):
             # the version K served until now is no longer served: its value moves to D
             ops.append((D + current.version.encode(), current.value))
+        ops.append((kk, encode(record)))
         return ops, WriteResult(key, vid, parents, revision, hlc, deleted, new_heads), clock
 
     def _resolve(

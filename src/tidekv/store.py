@@ -5,8 +5,10 @@ the store's origin, and hands it to the :class:`~tidekv.statemachine.StateMachin
 which writes the change as one atomic engine batch. Reads go straight to the engine.
 
 Thread safety: writes are serialised by one lock (the HLC and the revision counter are
-shared state); reads take no lock (every record they read is written atomically, and
-version records never change once written).
+shared state); reads take no lock: a change is one engine batch whose key record comes
+last (an engine that applies a batch op by op shows it after the records it refers to),
+version records never change once written, and a value that moves from ``K`` to ``D``
+is read from ``K`` first (see :meth:`StateMachine.value_of`).
 """
 
 from __future__ import annotations

@@ -144,7 +144,8 @@ def test_a_format_1_store_opens_reads_and_takes_new_writes(
 
 def test_readers_without_the_lock_always_find_the_value(engine_name: str, tmp_path: Path) -> None:
     """A reader that sees version X as current must be able to read X's value, even
-    while writers move it from K to D (the reader looks in K before D)."""
+    while writers move it from K to D (the reader looks in K before D), also on engines
+    that apply a batch op by op (the batch writes K last)."""
     s = tidekv.open(str(tmp_path), engine_name, sync=False)
     s.put("k", b"0")
     stop = threading.Event()
