@@ -81,7 +81,7 @@ class Forwarder:
         headers = [(k, v) for k, v in req.headers.items() if k in _REQUEST_HEADERS]
         headers.append((FORWARDED_BY, self.node_name.encode()))
         url = str(leader_url).rstrip("/") + req.path.decode("latin-1")
-        qs: bytes = req.scope.get("query_string", b"")
+        qs = req.query_string
         if qs:
             url += "?" + qs.decode("latin-1")
         client = self._http()
