@@ -329,6 +329,21 @@ class Replica:
                 must_sync = True
         return must_sync
 
+    def apply_durable(self, rd: Ready, durable: int) -> None:
+        """Apply the Ready's committed entries up to index ``durable`` (already in this
+        node's synced log) before the Ready's own writes are synced; the rest, and
+        everything else of the Ready, waits for :meth:`after_persist`. Stops at the first
+        membership change, and does nothing with a snapshot (those keep their order)."""
+        if rd.snapshot is not None or not rd.committed_entries:
+            return
+        entries: list[Entry] = []
+        for e in rd.committed_entries:
+            if e.index > durable or e.kind is EntryKind.CONF_CHANGE:
+                break
+            entries.append(e)
+        if entries:
+            self._apply(entries)
+
     def after_persist(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.lead, rd.soft_state.role)
@@ -359,9 +374,11 @@ class Replica:
     def _apply(self, entries: list[Entry]) -> None:
         sm = self.store.sm
         changed = False
+        applied = 0
         for e in entries:
             if e.index <= sm.applied:
                 continue
+            applied += 1
             if e.kind is EntryKind.NORMAL and e.data:
                 cmd = decode_command(e.data)
                 outcome = sm.apply_entry(cmd.write_command(), e.index)
@@ -373,7 +390,7 @@ class Replica:
                 self._apply_conf_change(e)
             else:
                 sm.mark_applied(e.index)
-        self.stats["applied"] += len(entries)
+        self.stats["applied"] += applied
         w = self._applied_waiters
         while w and w[0][0] <= sm.applied:
             _i, _s, waiter = heapq.heappop(w)

@@ -7,7 +7,9 @@ The loop (:meth:`Node._drive`), once per wake-up:
    and snapshot to the shared WAL (buffered);
 3. ONE ``fsync`` of the WAL, in a worker thread, covers every group's writes since the
    last one (group commit) — the loop keeps accepting requests meanwhile, and they are
-   proposed in the next turn, so the batch grows with the load;
+   proposed in the next turn, so the batch grows with the load; while it runs, the
+   committed entries that were already durable on this node before this turn are
+   applied and answered (the CPU work overlaps the disk wait);
 4. every replica sends ``persisted_messages`` (votes and append acks promise durable
    state), applies committed entries to its engine, answers reads and advances.
 
@@ -223,14 +225,25 @@ class Node:
                     break
                 self.stats["readies"] += len(readies)
                 must_sync = False
+                durable: list[int] = []
                 for rep, rd in readies:
                     if rd.messages:
                         self.transport.send(rep.group, rd.messages)
+                    durable.append(rep.storage.last_index())  # every earlier write is synced
                     if rep.persist(rd):
                         must_sync = True
                 if must_sync:
                     self.stats["fsyncs"] += 1
-                    await loop.run_in_executor(self._sync_pool, self.log.sync)
+                    synced = loop.run_in_executor(self._sync_pool, self.log.sync)
+                    # while the WAL thread fsyncs, apply (and answer) what was committed
+                    # from entries that were durable here before this Ready
+                    for (rep, rd), last in zip(readies, durable, strict=True):
+                        try:
+                            rep.apply_durable(rd, last)
+                        except Exception:
+                            log.exception("group %d: applying a Ready failed", rep.group)
+                            raise
+                    await synced
                 for rep, rd in readies:
                     if rd.persisted_messages:
                         self.transport.send(rep.group, rd.persisted_messages)
