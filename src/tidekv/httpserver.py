@@ -54,6 +54,9 @@ log = logging.getLogger("tidekv.httpserver")
 MAX_PIPELINED = 32
 """Requests parsed ahead of the one being answered before reading pauses."""
 
+LINGER_SECONDS = 2.0
+"""How long input is read and dropped after answering a request whose body is not read."""
+
 _STATUS_LINE = {
     s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("latin-1") for s in http.HTTPStatus
 }
@@ -412,8 +415,17 @@ class _Connection(asyncio.Protocol):
     def _close(self) -> None:
         self.closed = True
         self.queue.clear()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.ignore_input and transport.can_write_eof():
+            # the client may still be sending what we will not read (a body over the
+            # limit): closing now would reset the connection and could destroy our
+            # answer in its receive buffer, so send EOF and drop its input a while
+            transport.write_eof()
+            self.server.loop.call_later(LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
 
     def shutdown(self) -> None:
         """Close now if idle; a connection answering closes after its answer."""
