@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidekv.errors import NotLeader, Timeout, Unavailable
 from tidekv.node.command import (
@@ -70,6 +70,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidekv.node")
 
 Outcome = WriteResult | Exception
+
+
+T = TypeVar("T")
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+async def _wait(fut: asyncio.Future[T], timeout: float) -> T:
+    """``await fut``, or :class:`TimeoutError` after ``timeout`` seconds: one timer
+    handle, where ``asyncio.wait_for`` adds a second future and its callbacks to every
+    request."""
+    timer = fut.get_loop().call_later(timeout, _expire, fut)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
 
 
 def wall_ms() -> int:
@@ -216,7 +235,7 @@ class Replica:
         self._proposals.append(encode_command(cmd))
         self._wake()
         try:
-            outcome = await asyncio.wait_for(fut, timeout)
+            outcome = await _wait(fut, timeout)
         except TimeoutError:
             raise Timeout(
                 "the write was not committed in time; its outcome is unknown "
@@ -246,7 +265,7 @@ class Replica:
         self._reads.append(fut)
         self._wake()
         try:
-            index = await asyncio.wait_for(fut, timeout)
+            index = await _wait(fut, timeout)
         except TimeoutError:
             raise Timeout("no read index in time (no quorum?)", shard=self.group) from None
         await self.wait_applied(index, timeout)
@@ -257,7 +276,7 @@ class Replica:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._applied_waiters, (index, next(self._seq), fut))
         try:
-            await asyncio.wait_for(fut, timeout)
+            await _wait(fut, timeout)
         except TimeoutError:
             raise Timeout(f"replica did not apply up to {index} in time") from None
 
@@ -279,7 +298,7 @@ class Replica:
         self._conf_changes.append((index, fut))
         self._wake()
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await _wait(fut, timeout)
         except TimeoutError:
             raise Timeout("the membership change was not applied in time") from None
 
