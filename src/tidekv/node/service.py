@@ -422,3 +422,13 @@ class _NodeCollector(Collector):
         yield c_prop
         yield c_reads
         yield CounterMetricFamily("tidekv_wal_fsyncs", "WAL fsyncs", value=node.stats["fsyncs"])
+        yield CounterMetricFamily(
+            "tidekv_node_loops", "Turns of the node loop", value=node.stats["loops"]
+        )
+        t = node.transport
+        yield CounterMetricFamily(
+            "tidekv_transport_frames_sent", "Peer frames written", value=t.frames_sent
+        )
+        yield CounterMetricFamily(
+            "tidekv_transport_messages_sent", "Raft messages sent to peers", value=t.msgs_sent
+        )
