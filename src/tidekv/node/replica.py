@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from tidekv.errors import NotLeader, Timeout, Unavailable
 from tidekv.node.command import (
     Command,
@@ -136,6 +138,7 @@ class Replica:
         self._rid_prefix = node_id.to_bytes(8, "big") + time.time_ns().to_bytes(8, "big")
         self._proposals: list[bytes] = []
         self._waiters: dict[bytes, asyncio.Future[Outcome]] = {}
+        self._forwarded: set[bytes] = set()  # rids proposed through the leader
         self._reads: list[asyncio.Future[int]] = []
         self._reads_in_flight: dict[bytes, list[asyncio.Future[int]]] = {}
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -215,8 +218,14 @@ class Replica:
 
     # -- requests (called on the event loop by the service) ------------------------------
 
+    def can_propose(self) -> bool:
+        """Whether a write may be proposed here: on the leader, or on a node that knows a
+        leader (its core forwards the proposal to the leader, like etcd's MsgProp, and
+        the write is answered here once this replica applies it)."""
+        return self.is_leader or self.raw.raft.lead != NONE
+
     async def write(self, cmd_fields: dict[str, object], timeout: float) -> WriteResult:
-        if not self.is_leader:
+        if not self.can_propose():
             raise self.not_leader()
         rid = self._rid_prefix + next(self._rids).to_bytes(8, "big")
         sm = self.store.sm
@@ -244,6 +253,7 @@ class Replica:
             ) from None
         finally:
             self._waiters.pop(rid, None)
+            self._forwarded.discard(rid)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -310,7 +320,11 @@ class Replica:
             self.stats["proposed"] += len(batch)
             try:
                 if not self.is_leader:
-                    raise ProposalDropped("leadership lost before the proposal")
+                    if self.raw.raft.lead == NONE:
+                        raise ProposalDropped("no leader to forward the proposal to")
+                    # the core sends them to the leader, which stamps their HLC time
+                    # (accept_forwarded); a leader change fails their waiters
+                    self._forwarded.update(decode_command(d).rid for d in batch)
                 self.raw.propose_batch(batch)
             except ProposalDropped:
                 err = self.not_leader()
@@ -376,8 +390,47 @@ class Replica:
         self.raw.advance(rd)
         self._maybe_compact()
 
+    def accept_forwarded(self, entries: list[Entry]) -> list[Entry]:
+        """On the leader: take the write commands a follower forwarded (``MsgProp``)
+        into this turn's proposals, their HLC time re-stamped from this leader's clock
+        (the leader orders every version's time, whoever received the request); return
+        any other entries (membership changes), to be stepped as they are."""
+        rest: list[Entry] = []
+        for e in entries:
+            if e.kind is not EntryKind.NORMAL or not e.data:
+                rest.append(e)
+                continue
+            cmd = decode_command(e.data)
+            sm = self.store.sm
+            if sm.clock > self._hlc.last:
+                self._hlc.update(sm.clock, wall_ms())
+            hlc = self._hlc.now(wall_ms())
+            self._proposals.append(
+                encode_command(
+                    msgspec.structs.replace(cmd, hlc_wall=hlc.wall, hlc_logical=hlc.logical)
+                )
+            )
+        if len(rest) < len(entries):
+            self._wake()
+        return rest
+
+    def _fail_forwarded(self) -> None:
+        """The leader changed: a forwarded write may be lost or may still commit."""
+        err = Timeout(
+            "the leader changed while the write was forwarded to it; its outcome is "
+            "unknown (retry with the same Idempotency-Key)",
+            shard=self.group,
+        )
+        for rid in self._forwarded:
+            fut = self._waiters.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
+        self._forwarded.clear()
+
     def _on_soft_state(self, lead: int, role: Role) -> None:
         was_leader = self.role is Role.LEADER
+        if lead != self.lead and self._forwarded:
+            self._fail_forwarded()
         self.lead, self.role = lead, role
         if self._reads_in_flight:
             # a read index request is dropped when the leader changes: ask again
@@ -403,8 +456,10 @@ class Replica:
                 outcome = sm.apply_entry(cmd.write_command(), e.index)
                 changed = True
                 fut = self._waiters.pop(cmd.rid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(outcome)
+                if fut is not None:
+                    self._forwarded.discard(cmd.rid)
+                    if not fut.done():
+                        fut.set_result(outcome)
             elif e.kind is EntryKind.CONF_CHANGE:
                 self._apply_conf_change(e)
             else:

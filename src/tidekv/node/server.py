@@ -26,12 +26,14 @@ import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+import msgspec
+
 from tidekv.errors import InvalidInput
 from tidekv.node.config import Identity, NodeConfig, Peer, load_or_create_identity
 from tidekv.node.logstore import NodeLog
 from tidekv.node.replica import Replica
 from tidekv.node.transport import PeerTransport
-from tidekv.raft import Config, Message, Ready
+from tidekv.raft import Config, Message, MessageType, ProposalDropped, Ready
 from tidekv.storage import open_engine
 
 log = logging.getLogger("tidekv.node")
@@ -177,7 +179,14 @@ class Node:
             if rep is None:
                 continue
             try:
+                if m.type is MessageType.PROPOSE and rep.is_leader:
+                    rest = rep.accept_forwarded(m.entries)
+                    if not rest:
+                        continue
+                    m = msgspec.structs.replace(m, entries=rest)
                 rep.raw.step(m)
+            except ProposalDropped as exc:  # the forwarder's waiter fails on a leader change
+                log.debug("group %d: dropped a proposal from node %d: %s", group, frm, exc)
             except Exception:  # a malformed message must not take the node down
                 log.exception("group %d: bad message from node %d", group, frm)
         self.wake()

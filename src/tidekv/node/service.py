@@ -146,7 +146,7 @@ class NodeService:
             check_version_id(fields["if_match"])
         if fields.get("author") is None:
             fields["author"] = ""
-        if not rep.is_leader:
+        if not rep.can_propose():
             raise rep.not_leader()
         return await rep.write(fields, self.timeout)
 
