@@ -670,6 +670,7 @@ def server(
     *,
     log_level: str = "warning",
     timeout_graceful_shutdown: float = 10.0,
+    keep_alive_timeout: float = 75.0,
     install_signal_handlers: bool = True,
 ) -> HTTPServer:
     """The lean HTTP/1.1 server (:mod:`tidekv.httpserver`) for ``app``.
@@ -682,6 +683,7 @@ def server(
         host,
         port,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
+        keep_alive_timeout=keep_alive_timeout,
         install_signal_handlers=install_signal_handlers,
     )
 

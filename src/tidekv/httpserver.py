@@ -22,10 +22,11 @@ HTTP/1.1 details kept: keep-alive (and ``Connection: close``, HTTP/1.0 without
 keep-alive), pipelining (requests answered in order, one at a time per connection;
 reading pauses while 32 wait), chunked request bodies, ``Expect: 100-continue``, HEAD
 (headers without the body), a ``Date`` header, a JSON 400 for a request the parser
-rejects. ``should_exit = True`` (from any thread) stops it gracefully: the listener
-closes, the app's ``begin_shutdown`` ends open watch streams, requests in flight get
-``timeout_graceful_shutdown`` seconds, then every connection closes and the app's
-``aclose`` runs.
+rejects; a connection idle for ``keep_alive_timeout`` seconds (75 by default; a request
+that stays incomplete counts as idle) is closed. ``should_exit = True`` (from any thread)
+stops it gracefully: the listener closes, the app's ``begin_shutdown`` ends open watch
+streams, requests in flight get ``timeout_graceful_shutdown`` seconds, then every
+connection closes and the app's ``aclose`` runs.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ log = logging.getLogger("tidekv.httpserver")
 
 MAX_PIPELINED = 32
 """Requests parsed ahead of the one being answered before reading pauses."""
+
+_SWEEPS = 4
+"""Idle connections are checked ``_SWEEPS`` times per keep-alive timeout."""
 
 LINGER_SECONDS = 2.0
 """How long input is read and dropped after answering a request whose body is not read."""
@@ -148,6 +152,7 @@ class _Connection(asyncio.Protocol):
         self.write_paused: asyncio.Future[None] | None = None
         self.writing_paused = False
         self.disconnected: asyncio.Future[None] | None = None
+        self.idle_sweeps = 0  # sweeps of the server since this connection last did anything
 
     # -- transport callbacks ----------------------------------------------------------
 
@@ -174,6 +179,7 @@ class _Connection(asyncio.Protocol):
         self.write_paused = None
 
     def data_received(self, data: bytes) -> None:
+        self.idle_sweeps = 0
         if self.ignore_input:
             return
         try:
@@ -432,6 +438,16 @@ class _Connection(asyncio.Protocol):
         if self.task is None:
             self._close()
 
+    def swept(self, limit: int) -> None:
+        """One idle sweep: close after ``limit`` sweeps with nothing received or sent
+        (a partial request counts as idle; an answer or a stream in progress does not)."""
+        if self.task is not None or self.queue:
+            self.idle_sweeps = 0
+            return
+        self.idle_sweeps += 1
+        if self.idle_sweeps > limit:
+            self._close()
+
 
 class _StreamWriter:
     """ASGI ``send`` for one response: chunked (or close-delimited) unless the app sets
@@ -510,6 +526,7 @@ class HTTPServer:
         port: int = 8080,
         *,
         timeout_graceful_shutdown: float = 10.0,
+        keep_alive_timeout: float = 75.0,
         backlog: int = 2048,
         install_signal_handlers: bool = True,
     ) -> None:
@@ -519,6 +536,8 @@ class HTTPServer:
         self.fast = callable(getattr(app, "respond", None))
         self.max_body = int(getattr(app, "max_body", 1 << 20)) if self.fast else 1 << 30
         self.timeout_graceful_shutdown = timeout_graceful_shutdown
+        self.keep_alive_timeout = keep_alive_timeout
+        self._sweeper: asyncio.TimerHandle | None = None
         self.backlog = backlog
         self.install_signal_handlers = install_signal_handlers
         self.connections: set[_Connection] = set()
@@ -571,12 +590,19 @@ class HTTPServer:
                     loop.add_signal_handler(sig, self._on_signal)
                     handled.append(sig)
         self.started = True
+        self._sweeper = loop.call_later(self.keep_alive_timeout / _SWEEPS, self._sweep)
         try:
             await self._exit_ev.wait()
         finally:
+            self._sweeper.cancel()
             for sig in handled:
                 loop.remove_signal_handler(sig)
             await self._shutdown(srv)
+
+    def _sweep(self) -> None:
+        for conn in list(self.connections):
+            conn.swept(_SWEEPS)
+        self._sweeper = self.loop.call_later(self.keep_alive_timeout / _SWEEPS, self._sweep)
 
     def _on_signal(self) -> None:
         self.should_exit = True

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -286,6 +287,25 @@ def test_stopping_ends_open_streams_and_idle_connections(tmp_path: Path) -> None
         assert rest.endswith(b"0\r\n\r\n")  # the stream was ended properly
         stream.close()
         idle.close()
+
+
+def test_idle_connections_close_after_the_keep_alive_timeout(tmp_path: Path) -> None:
+    with local_server(str(tmp_path / "db"), "lsm") as s:
+        s.stop()
+        s._options["keep_alive_timeout"] = 0.4
+        s.start()
+        idle, partial, stream = Raw(s.url), Raw(s.url), Raw(s.url)
+        idle.send(get("x"))
+        assert idle.response()[0] == 404
+        partial.send(b"GET /health HTTP/1.1\r\nhost:")  # never completed
+        stream.send(b"GET /v1/watch HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert stream.response(head_only=True)[0] == 200
+        assert idle.closed_by_server()  # blocks until the server closes it
+        assert partial.closed_by_server()
+        time.sleep(1.0)  # several timeouts: a stream in progress is not idle
+        assert s._server.connections and len(s._server.connections) == 1
+        for c in (idle, partial, stream):
+            c.close()
 
 
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
