@@ -1,8 +1,11 @@
-"""The HTTP edge vs. a hello-world ASGI app, side by side in one run.
+"""The HTTP edge vs. a hello-world ASGI app, side by side in one run, on each server.
 
-Both apps are served the same way (uvicorn, httptools, uvloop, one worker process, no
-access log) and driven by the same load generator: a raw asyncio HTTP/1.1 client in
-another process, ``--conns`` keep-alive connections, one request in flight on each.
+Both apps are served the same way (one process, uvloop, no access log) by each of
+``--server``: ``lean`` (:mod:`tidekv.httpserver`, what ``tide serve`` uses; the app's
+``respond`` is called directly, the hello app goes through its ASGI shim) and
+``uvicorn`` (httptools; :func:`tidekv.http.uvicorn_server`), and driven by the same
+load generator: a raw asyncio HTTP/1.1 client in another process, ``--conns``
+keep-alive connections, one request in flight on each.
 
 - hello:   ``GET /`` of a 12-line ASGI app answering ``hello`` (the ceiling);
 - get:     ``GET /v1/kv/<key>`` of :func:`tidekv.http.create_app` over a
@@ -16,7 +19,8 @@ anything else sharing the two cores; its ratio to hello is how many hello-world
 requests one tidekv request costs). Not a test: the machine is shared and noisy; compare
 within a run. ``--metrics off`` measures the edge without its Prometheus instrumentation.
 
-    python bench/http.py                     # 5 s per case, 32 connections
+    python bench/http.py                     # 5 s per case, 32 connections, both servers
+    python bench/http.py --server lean --engine lsm
     python bench/http.py --seconds 3 --engine lsm --profile get
 """
 
@@ -64,8 +68,8 @@ async def hello_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-def serve(kind: str, port: int, engine: str, metrics: bool, profile: bool) -> None:
-    from tidekv.http import server
+def serve(kind: str, port: int, engine: str, metrics: bool, profile: bool, impl: str) -> None:
+    from tidekv.http import server, uvicorn_server
 
     app: Any = hello_app
     tmp = None
@@ -79,7 +83,8 @@ def serve(kind: str, port: int, engine: str, metrics: bool, profile: bool) -> No
         for k in KEYS:
             store.put(k, VALUE)
         app = create_app(LocalService(store), metrics=metrics)
-    srv = server(app, "127.0.0.1", port, log_level="error")
+    make = server if impl == "lean" else uvicorn_server
+    srv = make(app, "127.0.0.1", port, log_level="error")
     prof = cProfile.Profile() if profile else None
     try:
         if prof is not None:
@@ -173,7 +178,12 @@ def free_port() -> int:
 
 
 def run_case(
-    kind: str, engine: str, requests: list[bytes], args: argparse.Namespace, profile: bool
+    kind: str,
+    engine: str,
+    requests: list[bytes],
+    args: argparse.Namespace,
+    profile: bool,
+    impl: str,
 ) -> dict[str, Any]:
     port = free_port()
     cmd = [
@@ -181,6 +191,8 @@ def run_case(
         __file__,
         "--serve",
         kind,
+        "--server",
+        impl,
         "--port",
         str(port),
         "--engine",
@@ -215,33 +227,48 @@ def main() -> None:
     ap.add_argument("--metrics", choices=["on", "off"], default="on")
     ap.add_argument("--profile", choices=["get", "put"], help="cProfile the server in this case")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--server", default="lean,uvicorn", help="lean and/or uvicorn")
     ap.add_argument("--serve", choices=["hello", "tidekv"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--profile-server", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     engines = args.engine or ["memory"]
     if args.serve:
-        serve(args.serve, args.port, engines[0], args.metrics == "on", args.profile_server)
+        serve(
+            args.serve,
+            args.port,
+            engines[0],
+            args.metrics == "on",
+            args.profile_server,
+            args.server,
+        )
         return
+    impls = [x for x in args.server.split(",") if x]
+    if not impls or any(x not in ("lean", "uvicorn") for x in impls):
+        ap.error("--server takes lean, uvicorn or both (comma-separated)")
 
     gets = [_get(f"/v1/kv/{k}") for k in KEYS]
     puts = [_put(f"/v1/kv/{k}") for k in KEYS]
     results: list[dict[str, Any]] = []
-    hello = run_case("hello", "memory", [_get("/")], args, False)
-    results.append({"case": "hello", "engine": "-", **hello})
-    for engine in engines:
-        for case, reqs in (("get", gets), ("put", puts)):
-            r = run_case("tidekv", engine, reqs, args, args.profile == case)
-            results.append({"case": case, "engine": engine, **r})
+    hellos: dict[str, dict[str, Any]] = {}
+    for impl in impls:  # one server after the other; the hello of each is its ceiling
+        hello = hellos[impl] = run_case("hello", "memory", [_get("/")], args, False, impl)
+        results.append({"server": impl, "case": "hello", "engine": "-", **hello})
+        for engine in engines:
+            for case, reqs in (("get", gets), ("put", puts)):
+                r = run_case("tidekv", engine, reqs, args, args.profile == case, impl)
+                results.append({"server": impl, "case": case, "engine": engine, **r})
+    base = hellos[impls[-1]]
     print(
-        f"{'case':<8}{'engine':<8}{'req/s':>10}{'vs hello':>10}"
+        f"{'server':<9}{'case':<8}{'engine':<8}{'req/s':>10}{'vs hello':>10}"
         f"{'server CPU us/req':>19}{'vs hello':>10}  statuses"
+        f"   (hello = {impls[-1]}'s hello)"
     )
     for r in results:
-        ratio = r["rps"] / hello["rps"]
-        cpu_ratio = r["server_cpu_us"] / hello["server_cpu_us"]
+        ratio = r["rps"] / base["rps"]
+        cpu_ratio = r["server_cpu_us"] / base["server_cpu_us"]
         print(
-            f"{r['case']:<8}{r['engine']:<8}{r['rps']:>10,.0f}{ratio:>10.2f}"
+            f"{r['server']:<9}{r['case']:<8}{r['engine']:<8}{r['rps']:>10,.0f}{ratio:>10.2f}"
             f"{r['server_cpu_us']:>19.1f}{cpu_ratio:>9.2f}x  {r['statuses']}"
         )
     if args.json:

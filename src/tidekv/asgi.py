@@ -195,34 +195,49 @@ class Router:
 
 
 class Request:
-    """One HTTP request: method, routed parameter, headers, query and a size-capped body."""
+    """One HTTP request: method, routed parameter, headers, query and a size-capped body.
+
+    ``receive`` is the ASGI receive callable the body is read from, unless the server
+    already read it (``body``); ``overflow`` says the server stopped reading a body that
+    went over its limit (``body()`` then answers 413)."""
 
     __slots__ = (
         "_body",
+        "_overflow",
         "body_unread",
         "headers",
         "method",
         "path",
         "query",
+        "query_string",
         "raw_param",
         "receive",
         "route",
-        "scope",
     )
 
     def __init__(
-        self, scope: Scope, receive: Receive, route: Route, raw_param: bytes | None, path: bytes
+        self,
+        method: str,
+        path: bytes,
+        query_string: bytes,
+        headers: dict[bytes, bytes],
+        route: Route,
+        raw_param: bytes | None,
+        receive: Receive | None,
+        body: bytes | None = None,
+        overflow: bool = False,
     ) -> None:
-        self.scope = scope
         self.receive = receive
         self.route = route
         self.raw_param = raw_param
         self.path = path
-        self.method: str = scope["method"]
-        self.headers: dict[bytes, bytes] = dict(scope["headers"])
-        self.query = parse_query(scope.get("query_string", b""), route.query[self.method])
-        self._body: bytes | None = None
-        self.body_unread = False  # True when a response leaves body bytes unread (413)
+        self.method = method
+        self.headers = headers
+        self.query_string = query_string
+        self.query = parse_query(query_string, route.query[method])
+        self._body = body
+        self._overflow = overflow
+        self.body_unread = overflow  # True when a response leaves body bytes unread (413)
 
     def param(self, what: str) -> str:
         """The routed path parameter, percent-decoded."""
@@ -237,6 +252,12 @@ class Request:
         """The whole body; 413 as soon as it is known to exceed ``limit`` bytes (from
         Content-Length, before reading any of it, or while reading)."""
         if self._body is not None:
+            if len(self._body) > limit:
+                raise ValueTooLarge(
+                    f"the request body is {len(self._body)} bytes; the limit is {limit}",
+                    size=len(self._body),
+                    limit=limit,
+                )
             return self._body
         declared = self.headers.get(b"content-length")
         if declared is not None:
@@ -249,6 +270,10 @@ class Request:
                     size=int(declared),
                     limit=limit,
                 )
+        if self._overflow:
+            self.body_unread = True
+            raise ValueTooLarge(f"the request body is over the limit of {limit} bytes", limit=limit)
+        assert self.receive is not None
         chunks: list[bytes] = []
         size = 0
         while True:

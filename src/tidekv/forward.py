@@ -3,10 +3,17 @@
 When the service raises :class:`~tidekv.errors.NotLeader` with a ``leader_url``, the
 edge replays the same request (method, raw path, query, body and the headers that carry
 meaning: content type, preconditions, Idempotency-Key, Last-Event-ID, author) to the
-leader over one shared :class:`httpx.AsyncClient`, and streams the leader's answer back
-verbatim (status, body, headers other than hop-by-hop ones) with ``X-Tide-Forwarded-By``
-added. A request that already carries ``X-Tide-Forwarded-By`` is never forwarded again:
-two nodes that each think the other leads answer 503 instead of bouncing it forever.
+leader and relays the leader's answer verbatim (status, body, headers other than
+hop-by-hop ones) with ``X-Tide-Forwarded-By`` added.
+
+Plain requests go over :class:`~tidekv.upstream.UpstreamPool`: persistent HTTP/1.1
+connections to the leader, one request in flight on each (so the leader batches them
+as it batches its own clients' requests), opened as the load needs them. A forwarded
+watch (a stream) goes over one shared :class:`httpx.AsyncClient` (httpx for every
+forward held writes through a follower to 139-180 ops/s at 64 clients).
+
+A request that already carries ``X-Tide-Forwarded-By`` is never forwarded again: two
+nodes that each think the other leads answer 503 instead of bouncing it forever.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import httpx
 
 from tidekv.asgi import Headers, Receive, Request, Response, Send, error_response
 from tidekv.errors import NotLeader, Unavailable
+from tidekv.upstream import UpstreamError, UpstreamPool
 
 FORWARDED_BY = b"x-tide-forwarded-by"
 
@@ -46,6 +54,16 @@ class Forwarder:
         self._stream_timeout = httpx.Timeout(stream_timeout, connect=5.0)
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeout_s = timeout
+        self._pool: UpstreamPool | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+
+    def _upstream(self) -> UpstreamPool:
+        loop = asyncio.get_running_loop()
+        if self._pool is None or self._pool_loop is not loop:
+            self._pool = UpstreamPool(timeout=self._timeout_s, connect_timeout=5.0)
+            self._pool_loop = loop
+        return self._pool
 
     def _http(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -55,6 +73,9 @@ class Forwarder:
         return self._client
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.close()
         if self._client is not None:
             client, self._client = self._client, None
             with contextlib.suppress(RuntimeError):  # its loop may be gone already
@@ -80,8 +101,10 @@ class Forwarder:
         body = await req.body(body_limit)
         headers = [(k, v) for k, v in req.headers.items() if k in _REQUEST_HEADERS]
         headers.append((FORWARDED_BY, self.node_name.encode()))
+        if not streaming and req.method != "HEAD":
+            return await self._forward_plain(req, exc, str(leader_url), headers, body)
         url = str(leader_url).rstrip("/") + req.path.decode("latin-1")
-        qs: bytes = req.scope.get("query_string", b"")
+        qs = req.query_string
         if qs:
             url += "?" + qs.decode("latin-1")
         client = self._http()
@@ -117,6 +140,28 @@ class Forwarder:
                 await upstream.aclose()
             return Response(upstream.status_code, content, out)
         return _Relay(upstream, out)
+
+    async def _forward_plain(
+        self, req: Request, exc: NotLeader, leader_url: str, headers: Headers, body: bytes
+    ) -> Response:
+        target = req.path
+        if req.query_string:
+            target += b"?" + req.query_string
+        try:
+            status, got, content = await self._upstream().request(
+                leader_url, req.method, target, headers, body
+            )
+        except UpstreamError as err:
+            return error_response(
+                Unavailable(
+                    f"cannot reach the leader at {leader_url}: {err}",
+                    leader=exc.details.get("leader"),
+                    leader_url=leader_url,
+                )
+            )
+        out: Headers = [(k, v) for k, v in got if k not in _HOP_HEADERS]
+        out.append((FORWARDED_BY, self.node_name.encode()))
+        return Response(status, content, out)
 
 
 class _Relay(Response):

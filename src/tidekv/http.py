@@ -1,10 +1,11 @@
 """The HTTP API v1 (``shared/API.md``) as a lean raw ASGI app over a
 :class:`~tidekv.service.KVService`.
 
-``create_app(service)`` gives the app; ``run(app, host, port)`` serves it with uvicorn
-(httptools parser, uvloop when installed, no access log, graceful stop on SIGINT and
-SIGTERM); ``server(app, host, port)`` gives the uvicorn server to ``await
-server.serve()`` inside a loop you own.
+``create_app(service)`` gives the app; ``run(app, host, port)`` serves it with the lean
+HTTP/1.1 server of :mod:`tidekv.httpserver` (httptools parser, uvloop when installed,
+graceful stop on SIGINT and SIGTERM); ``server(app, host, port)`` gives that server to
+``await server.serve()`` inside a loop you own. The app is also a plain ASGI app
+(``uvicorn_server`` serves it with uvicorn, for comparison).
 
 Error handling happens in one place, :meth:`App.__call__`: every
 :class:`~tidekv.errors.TideError` becomes its ``to_dict()`` JSON with its HTTP status;
@@ -60,12 +61,13 @@ from tidekv.errors import (
     Unavailable,
 )
 from tidekv.forward import Forwarder
+from tidekv.httpserver import HTTPServer
 from tidekv.service import CONSISTENCY_LEVELS, Consistency, KVService
 from tidekv.statemachine import WriteResult
 from tidekv.versioning import check_version_id
 from tidekv.wire import item_dict, write_dict
 
-__all__ = ["App", "create_app", "run", "server"]
+__all__ = ["App", "create_app", "run", "server", "uvicorn_server"]
 
 log = logging.getLogger("tidekv.http")
 
@@ -219,6 +221,32 @@ class App:
         started = time.perf_counter()
         path: bytes = scope.get("raw_path") or scope["path"].encode()
         method: str = scope["method"]
+        resp, route_name = await self.respond(
+            method, path, scope.get("query_string", b""), dict(scope["headers"]), receive
+        )
+        if resp is None:
+            return
+        try:
+            await resp.send(send, receive)
+        except Exception:
+            log.exception("error while sending the response to %s %s", method, path[:200])
+        self.observe(route_name, method, resp.status, started)
+
+    async def respond(
+        self,
+        method: str,
+        path: bytes,
+        query_string: bytes,
+        headers: dict[bytes, bytes],
+        receive: Receive | None,
+        body: bytes | None = None,
+        overflow: bool = False,
+    ) -> tuple[Response | None, str]:
+        """The response to one request and its route's metrics label (``None``: the
+        client went away before its body was read). Every error is answered here, as
+        JSON; this is what both :meth:`__call__` (ASGI) and :mod:`tidekv.httpserver`
+        (which has read the body already: ``body``, or ``overflow`` past the limit) call.
+        """
         route_name = "unmatched"
         req: Request | None = None
         try:
@@ -231,25 +259,27 @@ class App:
                     + ", ".join(route.methods),
                     allow=route.methods,
                 )
-            req = Request(scope, receive, route, raw_param, path)
+            req = Request(
+                method, path, query_string, headers, route, raw_param, receive, body, overflow
+            )
             resp = await handler(req)
         except NotLeader as exc:
             resp = await self._forward(req, exc)
         except TideError as exc:
             resp = error_response(exc)
         except ClientDisconnected:
-            return
+            return None, route_name
         except Exception:
             log.exception("unexpected error answering %s %s", method, path[:200])
             resp = error_response(TideError("internal server error"))
-        if req is not None and req.body_unread:
+        if (req is not None and req.body_unread) or (req is None and overflow):
             resp.headers.append((b"connection", b"close"))
-        try:
-            await resp.send(send, receive)
-        except Exception:
-            log.exception("error while sending the response to %s %s", method, path[:200])
+        return resp, route_name
+
+    def observe(self, route_name: str, method: str, status: int, started: float) -> None:
+        """Count one answered request (``started``: its ``time.perf_counter()``)."""
         if self._metrics is not None:
-            self._metrics.observe(route_name, method, resp.status, time.perf_counter() - started)
+            self._metrics.observe(route_name, method, status, time.perf_counter() - started)
 
     async def _forward(self, req: Request | None, exc: NotLeader) -> Response:
         if req is None:
@@ -265,12 +295,16 @@ class App:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._closing = asyncio.Event()
+                self.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def startup(self) -> None:
+        """Get ready to serve in the running loop (a server calls it once it starts)."""
+        self._closing = asyncio.Event()
 
     def begin_shutdown(self) -> None:
         """End every open watch stream (the server is stopping: an open stream would
@@ -635,11 +669,37 @@ def server(
     port: int = 8080,
     *,
     log_level: str = "warning",
+    timeout_graceful_shutdown: float = 10.0,
+    keep_alive_timeout: float = 75.0,
+    install_signal_handlers: bool = True,
+) -> HTTPServer:
+    """The lean HTTP/1.1 server (:mod:`tidekv.httpserver`) for ``app``.
+    ``await server.serve()`` runs it in the current loop; ``server.run()`` in a new one
+    (uvloop when installed); ``server.should_exit = True`` stops it gracefully.
+    ``log_level`` is that of the ``tidekv.httpserver`` logger."""
+    logging.getLogger("tidekv.httpserver").setLevel(log_level.upper())
+    return HTTPServer(
+        app,
+        host,
+        port,
+        timeout_graceful_shutdown=timeout_graceful_shutdown,
+        keep_alive_timeout=keep_alive_timeout,
+        install_signal_handlers=install_signal_handlers,
+    )
+
+
+def uvicorn_server(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    log_level: str = "warning",
     **options: Any,
 ) -> uvicorn.Server:
-    """A uvicorn server for ``app`` (httptools, uvloop when installed, no access log).
-    ``await server.serve()`` runs it in the current loop; ``server.should_exit = True``
-    stops it gracefully. Extra ``options`` go to :class:`uvicorn.Config`."""
+    """A uvicorn server for ``app`` (httptools, uvloop when installed, no access log):
+    what :func:`server` used to be, kept for comparison (``bench/http.py``) and for
+    anyone who wants a general-purpose ASGI server. Extra ``options`` go to
+    :class:`uvicorn.Config`."""
     uvloop = importlib.util.find_spec("uvloop") is not None
     config = uvicorn.Config(
         app,

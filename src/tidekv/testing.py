@@ -1,5 +1,6 @@
-"""Helpers for tests that need a real server: :class:`ServerThread` serves an ASGI app
-with uvicorn (the same server ``tide serve`` uses) in a background thread, and
+"""Helpers for tests that need a real server: :class:`ServerThread` serves an app with
+:func:`tidekv.http.server` (the lean HTTP/1.1 server ``tide serve`` uses) in a
+background thread, and
 :func:`local_server` does so for an embedded store behind a
 :class:`~tidekv.localservice.LocalService`.
 
@@ -25,7 +26,8 @@ __all__ = ["LocalServer", "ServerThread", "local_server"]
 
 
 class ServerThread:
-    """A uvicorn server on ``host:port`` (0: any free port) in a daemon thread."""
+    """:func:`tidekv.http.server` on ``host:port`` (0: any free port) in a daemon thread;
+    ``options`` go to it (e.g. ``keep_alive_timeout``)."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
         self.app = app

@@ -674,7 +674,8 @@ def test_sync_covers_everything_appended_before_it_began(tmp_path: Path) -> None
         gs = log.group(g)
         got = gs.entries(gs.first_index(), gs.last_index() + 1)
         assert got == [Entry(1, e.index, EntryKind.NORMAL, payload(g, e.index, 1, 40)) for e in got]
-        assert got[-1].index == lasts[j]
+        # nothing of a group survives when no sync completed before the crash
+        assert [e.index for e in got][-1:] == ([lasts[j]] if lasts[j] else [])
     log.close()
 
 
@@ -690,8 +691,12 @@ def test_threaded_appends_and_checkpoints_lose_nothing(tmp_path: Path) -> None:
     t = threading.Thread(target=syncer)
     t.start()
     rng = random.Random(9)
+    rounds = 0
     try:
-        for _ in range(300):
+        # at least 300 rounds, and on until the syncing thread took a checkpoint (on a
+        # loaded machine it may not get to run for a while)
+        while rounds < 300 or (h.log.stats()["checkpoints"] == 0 and rounds < 100_000):
+            rounds += 1
             for g in (1, 2):
                 m = h.model(g)
                 h.do(append(g, m.last_index() + 1, rng.randint(1, 5), size=50))

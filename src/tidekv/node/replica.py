@@ -22,7 +22,9 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
 
 from tidekv.errors import NotLeader, Timeout, Unavailable
 from tidekv.node.command import (
@@ -72,6 +74,25 @@ log = logging.getLogger("tidekv.node")
 Outcome = WriteResult | Exception
 
 
+T = TypeVar("T")
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+async def _wait(fut: asyncio.Future[T], timeout: float) -> T:
+    """``await fut``, or :class:`TimeoutError` after ``timeout`` seconds: one timer
+    handle, where ``asyncio.wait_for`` adds a second future and its callbacks to every
+    request."""
+    timer = fut.get_loop().call_later(timeout, _expire, fut)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
+
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -117,6 +138,7 @@ class Replica:
         self._rid_prefix = node_id.to_bytes(8, "big") + time.time_ns().to_bytes(8, "big")
         self._proposals: list[bytes] = []
         self._waiters: dict[bytes, asyncio.Future[Outcome]] = {}
+        self._forwarded: set[bytes] = set()  # rids proposed through the leader
         self._reads: list[asyncio.Future[int]] = []
         self._reads_in_flight: dict[bytes, list[asyncio.Future[int]]] = {}
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -196,8 +218,14 @@ class Replica:
 
     # -- requests (called on the event loop by the service) ------------------------------
 
+    def can_propose(self) -> bool:
+        """Whether a write may be proposed here: on the leader, or on a node that knows a
+        leader (its core forwards the proposal to the leader, like etcd's MsgProp, and
+        the write is answered here once this replica applies it)."""
+        return self.is_leader or self.raw.raft.lead != NONE
+
     async def write(self, cmd_fields: dict[str, object], timeout: float) -> WriteResult:
-        if not self.is_leader:
+        if not self.can_propose():
             raise self.not_leader()
         rid = self._rid_prefix + next(self._rids).to_bytes(8, "big")
         sm = self.store.sm
@@ -216,7 +244,7 @@ class Replica:
         self._proposals.append(encode_command(cmd))
         self._wake()
         try:
-            outcome = await asyncio.wait_for(fut, timeout)
+            outcome = await _wait(fut, timeout)
         except TimeoutError:
             raise Timeout(
                 "the write was not committed in time; its outcome is unknown "
@@ -225,6 +253,7 @@ class Replica:
             ) from None
         finally:
             self._waiters.pop(rid, None)
+            self._forwarded.discard(rid)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -246,7 +275,7 @@ class Replica:
         self._reads.append(fut)
         self._wake()
         try:
-            index = await asyncio.wait_for(fut, timeout)
+            index = await _wait(fut, timeout)
         except TimeoutError:
             raise Timeout("no read index in time (no quorum?)", shard=self.group) from None
         await self.wait_applied(index, timeout)
@@ -257,7 +286,7 @@ class Replica:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._applied_waiters, (index, next(self._seq), fut))
         try:
-            await asyncio.wait_for(fut, timeout)
+            await _wait(fut, timeout)
         except TimeoutError:
             raise Timeout(f"replica did not apply up to {index} in time") from None
 
@@ -279,7 +308,7 @@ class Replica:
         self._conf_changes.append((index, fut))
         self._wake()
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await _wait(fut, timeout)
         except TimeoutError:
             raise Timeout("the membership change was not applied in time") from None
 
@@ -291,7 +320,11 @@ class Replica:
             self.stats["proposed"] += len(batch)
             try:
                 if not self.is_leader:
-                    raise ProposalDropped("leadership lost before the proposal")
+                    if self.raw.raft.lead == NONE:
+                        raise ProposalDropped("no leader to forward the proposal to")
+                    # the core sends them to the leader, which stamps their HLC time
+                    # (accept_forwarded); a leader change fails their waiters
+                    self._forwarded.update(decode_command(d).rid for d in batch)
                 self.raw.propose_batch(batch)
             except ProposalDropped:
                 err = self.not_leader()
@@ -329,6 +362,21 @@ class Replica:
                 must_sync = True
         return must_sync
 
+    def apply_durable(self, rd: Ready, durable: int) -> None:
+        """Apply the Ready's committed entries up to index ``durable`` (already in this
+        node's synced log) before the Ready's own writes are synced; the rest, and
+        everything else of the Ready, waits for :meth:`after_persist`. Stops at the first
+        membership change, and does nothing with a snapshot (those keep their order)."""
+        if rd.snapshot is not None or not rd.committed_entries:
+            return
+        entries: list[Entry] = []
+        for e in rd.committed_entries:
+            if e.index > durable or e.kind is EntryKind.CONF_CHANGE:
+                break
+            entries.append(e)
+        if entries:
+            self._apply(entries)
+
     def after_persist(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.lead, rd.soft_state.role)
@@ -342,8 +390,47 @@ class Replica:
         self.raw.advance(rd)
         self._maybe_compact()
 
+    def accept_forwarded(self, entries: list[Entry]) -> list[Entry]:
+        """On the leader: take the write commands a follower forwarded (``MsgProp``)
+        into this turn's proposals, their HLC time re-stamped from this leader's clock
+        (the leader orders every version's time, whoever received the request); return
+        any other entries (membership changes), to be stepped as they are."""
+        rest: list[Entry] = []
+        for e in entries:
+            if e.kind is not EntryKind.NORMAL or not e.data:
+                rest.append(e)
+                continue
+            cmd = decode_command(e.data)
+            sm = self.store.sm
+            if sm.clock > self._hlc.last:
+                self._hlc.update(sm.clock, wall_ms())
+            hlc = self._hlc.now(wall_ms())
+            self._proposals.append(
+                encode_command(
+                    msgspec.structs.replace(cmd, hlc_wall=hlc.wall, hlc_logical=hlc.logical)
+                )
+            )
+        if len(rest) < len(entries):
+            self._wake()
+        return rest
+
+    def _fail_forwarded(self) -> None:
+        """The leader changed: a forwarded write may be lost or may still commit."""
+        err = Timeout(
+            "the leader changed while the write was forwarded to it; its outcome is "
+            "unknown (retry with the same Idempotency-Key)",
+            shard=self.group,
+        )
+        for rid in self._forwarded:
+            fut = self._waiters.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
+        self._forwarded.clear()
+
     def _on_soft_state(self, lead: int, role: Role) -> None:
         was_leader = self.role is Role.LEADER
+        if lead != self.lead and self._forwarded:
+            self._fail_forwarded()
         self.lead, self.role = lead, role
         if self._reads_in_flight:
             # a read index request is dropped when the leader changes: ask again
@@ -359,21 +446,25 @@ class Replica:
     def _apply(self, entries: list[Entry]) -> None:
         sm = self.store.sm
         changed = False
+        applied = 0
         for e in entries:
             if e.index <= sm.applied:
                 continue
+            applied += 1
             if e.kind is EntryKind.NORMAL and e.data:
                 cmd = decode_command(e.data)
                 outcome = sm.apply_entry(cmd.write_command(), e.index)
                 changed = True
                 fut = self._waiters.pop(cmd.rid, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(outcome)
+                if fut is not None:
+                    self._forwarded.discard(cmd.rid)
+                    if not fut.done():
+                        fut.set_result(outcome)
             elif e.kind is EntryKind.CONF_CHANGE:
                 self._apply_conf_change(e)
             else:
                 sm.mark_applied(e.index)
-        self.stats["applied"] += len(entries)
+        self.stats["applied"] += applied
         w = self._applied_waiters
         while w and w[0][0] <= sm.applied:
             _i, _s, waiter = heapq.heappop(w)

@@ -7,7 +7,9 @@ The loop (:meth:`Node._drive`), once per wake-up:
    and snapshot to the shared WAL (buffered);
 3. ONE ``fsync`` of the WAL, in a worker thread, covers every group's writes since the
    last one (group commit) — the loop keeps accepting requests meanwhile, and they are
-   proposed in the next turn, so the batch grows with the load;
+   proposed in the next turn, so the batch grows with the load; while it runs, the
+   committed entries that were already durable on this node before this turn are
+   applied and answered (the CPU work overlaps the disk wait);
 4. every replica sends ``persisted_messages`` (votes and append acks promise durable
    state), applies committed entries to its engine, answers reads and advances.
 
@@ -24,12 +26,14 @@ import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+import msgspec
+
 from tidekv.errors import InvalidInput
 from tidekv.node.config import Identity, NodeConfig, Peer, load_or_create_identity
 from tidekv.node.logstore import NodeLog
 from tidekv.node.replica import Replica
 from tidekv.node.transport import PeerTransport
-from tidekv.raft import Config, Message, Ready
+from tidekv.raft import Config, Message, MessageType, ProposalDropped, Ready
 from tidekv.storage import open_engine
 
 log = logging.getLogger("tidekv.node")
@@ -175,7 +179,14 @@ class Node:
             if rep is None:
                 continue
             try:
+                if m.type is MessageType.PROPOSE and rep.is_leader:
+                    rest = rep.accept_forwarded(m.entries)
+                    if not rest:
+                        continue
+                    m = msgspec.structs.replace(m, entries=rest)
                 rep.raw.step(m)
+            except ProposalDropped as exc:  # the forwarder's waiter fails on a leader change
+                log.debug("group %d: dropped a proposal from node %d: %s", group, frm, exc)
             except Exception:  # a malformed message must not take the node down
                 log.exception("group %d: bad message from node %d", group, frm)
         self.wake()
@@ -223,14 +234,25 @@ class Node:
                     break
                 self.stats["readies"] += len(readies)
                 must_sync = False
+                durable: list[int] = []
                 for rep, rd in readies:
                     if rd.messages:
                         self.transport.send(rep.group, rd.messages)
+                    durable.append(rep.storage.last_index())  # every earlier write is synced
                     if rep.persist(rd):
                         must_sync = True
                 if must_sync:
                     self.stats["fsyncs"] += 1
-                    await loop.run_in_executor(self._sync_pool, self.log.sync)
+                    synced = loop.run_in_executor(self._sync_pool, self.log.sync)
+                    # while the WAL thread fsyncs, apply (and answer) what was committed
+                    # from entries that were durable here before this Ready
+                    for (rep, rd), last in zip(readies, durable, strict=True):
+                        try:
+                            rep.apply_durable(rd, last)
+                        except Exception:
+                            log.exception("group %d: applying a Ready failed", rep.group)
+                            raise
+                    await synced
                 for rep, rd in readies:
                     if rd.persisted_messages:
                         self.transport.send(rep.group, rd.persisted_messages)

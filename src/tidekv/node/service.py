@@ -146,7 +146,7 @@ class NodeService:
             check_version_id(fields["if_match"])
         if fields.get("author") is None:
             fields["author"] = ""
-        if not rep.is_leader:
+        if not rep.can_propose():
             raise rep.not_leader()
         return await rep.write(fields, self.timeout)
 
@@ -422,3 +422,13 @@ class _NodeCollector(Collector):
         yield c_prop
         yield c_reads
         yield CounterMetricFamily("tidekv_wal_fsyncs", "WAL fsyncs", value=node.stats["fsyncs"])
+        yield CounterMetricFamily(
+            "tidekv_node_loops", "Turns of the node loop", value=node.stats["loops"]
+        )
+        t = node.transport
+        yield CounterMetricFamily(
+            "tidekv_transport_frames_sent", "Peer frames written", value=t.frames_sent
+        )
+        yield CounterMetricFamily(
+            "tidekv_transport_messages_sent", "Raft messages sent to peers", value=t.msgs_sent
+        )
