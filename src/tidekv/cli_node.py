@@ -142,7 +142,8 @@ def serve(
     raise typer.Exit(rc)
 
 
-def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]], timeout: float) -> str:
+def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]], timeout: float) -> int:
+    """The id of the leader, once it serves linearizable requests."""
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=1.0) as client:
         while time.monotonic() < deadline:
@@ -150,10 +151,15 @@ def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]], timeout: 
                 if p.poll() is not None:
                     raise TideError(f"a node exited with code {p.returncode} while starting")
             for url in urls:
-                with contextlib.suppress(httpx.HTTPError):
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, IndexError):
                     r = client.get(url + "/v1/cluster")
-                    if r.status_code == 200 and r.json()["shards"][0].get("leader"):
-                        return url
+                    leader = r.json()["shards"][0].get("leader") if r.status_code == 200 else None
+                    if (
+                        isinstance(leader, int)
+                        and 1 <= leader <= len(urls)
+                        and client.get(urls[leader - 1] + "/ready").status_code == 200
+                    ):
+                        return leader
             time.sleep(0.1)
     raise TideError(f"no leader within {timeout:.0f} s")
 
@@ -201,13 +207,14 @@ def dev_cluster(
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
 
     try:
         leader = _wait_ready(urls, procs, 60)
         out.print(f"tidekv dev cluster: {nodes} node(s), data in {data_dir}", markup=False)
         for i, u in zip(addrs, urls, strict=True):
             out.print(f"  node {i}: {u}", markup=False)
-        out.print(f"leader reachable via {leader}; Ctrl-C stops the cluster", markup=False)
+        out.print(f"leader: node {leader}; Ctrl-C stops the cluster", markup=False)
         out.print(f"export TIDE_URL={','.join(urls)}", markup=False)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
