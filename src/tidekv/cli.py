@@ -425,7 +425,11 @@ def _cell(value: Any) -> str:
 @app.command()
 def status(as_json: JsonOpt = False, url: UrlOpt = None) -> None:
     """Show the cluster: nodes, and per shard its leader, term, commit index and the
-    replication lag of each follower (whatever the server reports)."""
+    replication of each member as the leader sees it (match index, lag = commit index -
+    match, replication state, and whether it answered within the last election timeout).
+
+    Any node answers (a follower forwards to the leader); without a leader, a node
+    reports what it knows (leader "-")."""
     info = with_client(url, lambda c: c.cluster())
     if as_json:
         emit_json(info)
@@ -435,9 +439,34 @@ def status(as_json: JsonOpt = False, url: UrlOpt = None) -> None:
         out.print(f"{k}: {_cell(v)}", markup=False)
     for name, value in info.items():
         if isinstance(value, list) and all(isinstance(r, dict) for r in value):
-            out.print(_table(value, name))
+            rows = [{k: v for k, v in r.items() if k != "progress"} for r in value]
+            out.print(_table(rows, name))
+            for row in value:
+                if isinstance(row.get("progress"), dict):
+                    out.print(_replication_table(row))
         elif isinstance(value, dict):
             out.print(f"{name}: {_cell(value)}", markup=False)
+
+
+def _replication_table(shard: dict[str, Any]) -> Table:
+    """One row per member of the shard from the leader's progress."""
+    rows = []
+    for nid, p in sorted(shard["progress"].items(), key=lambda kv: int(kv[0])):
+        if not isinstance(p, dict):
+            continue
+        leader = str(shard.get("leader")) == str(nid)
+        role = "leader" if leader else "learner" if p.get("learner") else "follower"
+        rows.append(
+            {
+                "node": nid,
+                "role": role,
+                "match": p.get("match"),
+                "lag": p.get("lag"),
+                "replication": "-" if leader else p.get("state"),
+                "active": "yes" if leader or p.get("active") else "no",
+            }
+        )
+    return _table(rows, f"shard {shard.get('id')} replication")
 
 
 cluster_app = typer.Typer(

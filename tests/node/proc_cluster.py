@@ -70,7 +70,8 @@ class ProcCluster:
     def peers_spec(self) -> str:
         return ",".join(f"{i}={self.address(i)}" for i in range(1, self.n + 1))
 
-    def start(self, i: int, *, join: bool = False) -> None:
+    def start(self, i: int, *, join: bool = False, peers: str | None = None) -> None:
+        """Start node ``i`` (``peers``: the --peers spec, default nodes 1..n)."""
         assert i not in self.procs or self.procs[i].poll() is not None
         log = open(self.root / f"n{i}.log", "ab")  # noqa: SIM115 - owned by the process
         cmd = [
@@ -90,7 +91,7 @@ class ProcCluster:
             str(self.tick_ms),
             "-v",
         ]
-        cmd += ["--peers", self.peers_spec()]
+        cmd += ["--peers", peers or self.peers_spec()]
         if join:
             cmd.append("--join")
         self.procs[i] = subprocess.Popen(
@@ -190,9 +191,7 @@ class ProcCluster:
         )
 
     def get(self, i: int, key: str, consistency: str = "linearizable") -> httpx.Response:
-        return self.http.get(
-            self.url(i) + "/v1/kv/" + key, params={"consistency": consistency}
-        )
+        return self.http.get(self.url(i) + "/v1/kv/" + key, params={"consistency": consistency})
 
     def metric(self, i: int, name: str) -> float | None:
         """A sample of this node's own /metrics (never forwarded)."""

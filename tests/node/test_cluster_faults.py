@@ -11,8 +11,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -79,13 +77,8 @@ class Writer(threading.Thread):
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path, 3)
-    c.start_all()
-    try:
-        yield c
-    finally:
-        c.close()
+def cluster(trio: ProcCluster) -> ProcCluster:
+    return trio
 
 
 def assert_all_readable(c: ProcCluster, node: int, acked: dict[str, tuple[bytes, float]]) -> None:
