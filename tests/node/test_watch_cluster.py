@@ -61,6 +61,15 @@ class Writes:
             self.acked.append((key, r.json()["version"], value))
 
 
+def started(c: ProcCluster, n: int) -> tuple[int, int, int, Writes]:
+    """The leader, the two followers, and ``n`` writes done through the leader."""
+    leader = c.leader()
+    f1, f2 = (i for i in (1, 2, 3) if i != leader)
+    w = Writes(c)
+    w.write(leader, n)
+    return leader, f1, f2, w
+
+
 def check_exactly_once_in_order(events: list[Event], acked: list[Any]) -> None:
     """Every acknowledged write once, nothing else; revisions 1, 2, ... (so per-key order
     is the write order)."""
@@ -71,10 +80,7 @@ def check_exactly_once_in_order(events: list[Event], acked: list[Any]) -> None:
 
 def test_sse_through_a_follower_and_resume_by_cursor_on_another_node(trio: ProcCluster) -> None:
     c = trio
-    leader = c.leader()
-    f1, f2 = (i for i in (1, 2, 3) if i != leader)
-    w = Writes(c)
-    w.write(leader, 12)
+    leader, f1, f2, w = started(c, 12)
     with httpx.Client(timeout=httpx.Timeout(10.0, read=60.0)) as http:
         with http.stream("GET", c.url(f1) + "/v1/watch", params={"since": "0"}) as resp:
             assert resp.status_code == 200
@@ -107,10 +113,7 @@ def test_sse_through_a_follower_and_resume_by_cursor_on_another_node(trio: ProcC
 
 def test_client_watch_resumes_after_the_serving_node_is_killed(trio: ProcCluster) -> None:
     c = trio
-    leader = c.leader()
-    f1, f2 = (i for i in (1, 2, 3) if i != leader)
-    w = Writes(c)
-    w.write(leader, 20)
+    leader, f1, f2, w = started(c, 20)
     total = 60
     events: list[Event] = []
     failure: list[BaseException] = []
@@ -141,10 +144,7 @@ def test_client_watch_resumes_after_the_serving_node_is_killed(trio: ProcCluster
 
 def test_tide_watch_survives_the_loss_of_its_node(trio: ProcCluster, tmp_path: Path) -> None:
     c = trio
-    leader = c.leader()
-    f1, f2 = (i for i in (1, 2, 3) if i != leader)
-    w = Writes(c)
-    w.write(leader, 10)
+    leader, f1, f2, w = started(c, 10)
     total = 30
     out_path = tmp_path / "watch.out"
     with open(out_path, "wb") as out:
