@@ -5,6 +5,9 @@ in ``--path`` or, with ``--url`` (or ``$TIDE_URL``; several URLs comma-separated
 server through :class:`tidekv.Client`, with the same output and exit codes. ``watch``,
 ``status`` and ``cluster add|remove`` always talk to a server.
 
+The embedded commands refuse a node's data directory (one with ``node.json``, made by
+``tide serve``): writing an embedded store into it would keep the node from starting.
+
 Exit codes: 0 success, 1 not found (or another refused operation such as a failed
 precondition, or a server that cannot be reached: "error: cannot reach URL: connection
 refused"), 2 bad input. Errors are one line on stderr, never a traceback
@@ -25,6 +28,7 @@ from rich.table import Table
 
 import tidekv
 from tidekv.errors import InvalidInput, TideError
+from tidekv.node.config import NODE_FILE
 from tidekv.store import Item, Store
 from tidekv.versioning import is_json_type
 from tidekv.wire import item_dict
@@ -86,6 +90,11 @@ def with_store(
         if url:
             with tidekv.Client(url) as client:
                 return fn(client)
+        if os.path.exists(os.path.join(path, NODE_FILE)):
+            raise InvalidInput(
+                f"{path} is the data directory of a tidekv node (tide serve): "
+                "talk to the node with --url (or set TIDE_URL)"
+            )
         with tidekv.open(path, engine) as store:
             return fn(store)
     except TideError as exc:
