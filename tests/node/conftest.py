@@ -12,10 +12,13 @@ from .proc_cluster import ProcCluster
 
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[ProcCluster]:
-    """Three ``tide serve`` processes on loopback, all stopped at teardown."""
+    """Three ``tide serve`` processes on loopback, each serving (a leader needs only two
+    of them: a test must not race the third's start), all stopped at teardown."""
     c = ProcCluster(tmp_path, 3)
     c.start_all()
     try:
+        for i in (1, 2, 3):
+            c.wait_ready(i)
         yield c
     finally:
         c.close()

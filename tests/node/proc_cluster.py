@@ -12,17 +12,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tidekv.cli_node import serve_command
+
 DEADLINE = 60.0
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -39,7 +40,7 @@ def free_base_port(n: int, rng_seed: int | None = None) -> int:
     rng = random.Random(rng_seed)
     for _ in range(200):
         base = rng.randrange(20000, 40000)
-        if all(_port_free(base + i) and _port_free(base + i + 100) for i in range(n + 1)):
+        if all(port_free(base + i) and port_free(base + i + 100) for i in range(n + 1)):
             return base
     raise RuntimeError("no free ports")
 
@@ -74,26 +75,9 @@ class ProcCluster:
         """Start node ``i`` (``peers``: the --peers spec, default nodes 1..n)."""
         assert i not in self.procs or self.procs[i].poll() is not None
         log = open(self.root / f"n{i}.log", "ab")  # noqa: SIM115 - owned by the process
-        cmd = [
-            sys.executable,
-            "-m",
-            "tidekv",
-            "serve",
-            "--id",
-            str(i),
-            "--data-dir",
-            str(self.data_dir(i)),
-            "--address",
-            self.address(i),
-            "--engine",
-            self.engine,
-            "--tick-ms",
-            str(self.tick_ms),
-            "-v",
-        ]
-        cmd += ["--peers", peers or self.peers_spec()]
-        if join:
-            cmd.append("--join")
+        extra = ["--tick-ms", str(self.tick_ms), "-v"] + (["--join"] if join else [])
+        spec = peers or self.peers_spec()
+        cmd = serve_command(i, str(self.data_dir(i)), self.address(i), spec, self.engine, *extra)
         self.procs[i] = subprocess.Popen(
             cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ}
         )

@@ -227,7 +227,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
     c = ProcCluster(tmp_path_factory.mktemp("shared"), 3)
     c.start_all()
     try:
-        c.leader()
+        for i in (1, 2, 3):
+            c.wait_ready(i)
         yield c
     finally:
         c.close()

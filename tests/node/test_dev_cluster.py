@@ -46,7 +46,7 @@ def children_of(pid: int) -> list[int]:
 class DevCluster:
     """One run of ``tide dev-cluster`` in its own session (as a shell job would be)."""
 
-    def __init__(self, cwd: Path, base: int, run: int) -> None:
+    def __init__(self, cwd: Path, base: int, run: int, *, ignore_sigint: bool = False) -> None:
         self.out_path = cwd / f"dev-cluster-{run}.out"
         self.err_path = cwd / f"dev-cluster-{run}.err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
@@ -66,6 +66,10 @@ class DevCluster:
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                # as a background job of a script starts it: SIGINT ignored
+                preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                if ignore_sigint
+                else None,
             )
 
     def output(self) -> str:
@@ -160,6 +164,33 @@ def test_dev_cluster_serves_stops_on_ctrl_c_and_keeps_its_data(
                 r = http.get(url + "/v1/kv/" + key)
                 assert (r.status_code, r.content) == (200, value), (i, key, r.text)
     stop_and_check(dc2, children2, whole_group=True)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint-ignored-at-start", "sigkill"])
+def test_dev_cluster_stops_its_nodes_however_it_is_stopped(
+    tmp_path: Path, runs: list[DevCluster], how: str
+) -> None:
+    """``kill PID`` and a Ctrl-C to a background job stop it cleanly (exit 0); even a
+    SIGKILL, which it cannot handle, leaves no node running."""
+    dc = DevCluster(tmp_path, free_base_port(4), 1, ignore_sigint=how == "sigint-ignored-at-start")
+    runs.append(dc)
+    url = dc.endpoints()[0]
+    assert httpx.put(url + "/v1/kv/k", content=b"v", timeout=10.0).status_code == 200
+    children = children_of(dc.proc.pid)
+    assert len(children) == 3
+    if how == "sigkill":
+        dc.proc.kill()
+        assert dc.proc.wait(30) == -signal.SIGKILL
+        deadline = time.monotonic() + DEADLINE
+        while session_members(dc.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert session_members(dc.proc.pid) == [], "nodes outlived the killed dev cluster"
+        return
+    sig = signal.SIGTERM if how == "sigterm" else signal.SIGINT
+    dc.proc.send_signal(sig)
+    assert dc.proc.wait(60) == 0, dc.diagnostics()
+    assert session_members(dc.proc.pid) == [], "nodes outlived the dev cluster"
+    assert "Traceback" not in dc.diagnostics()
 
 
 def test_dev_cluster_port_in_use_is_an_error_and_leaves_nothing_running(
