@@ -101,12 +101,12 @@ def with_store(
         fail(exc)
 
 
-def with_client(url: str | None, fn: Callable[[Client], T]) -> T:
+def with_client(url: str | None, fn: Callable[[Client], T], timeout: float = 10.0) -> T:
     """``fn`` applied to the server at ``url`` (required)."""
     if not url:
         fail(InvalidInput("this command talks to a server: give --url or set TIDE_URL"))
     try:
-        with tidekv.Client(url) as client:
+        with tidekv.Client(url, timeout=timeout) as client:
             return fn(client)
     except TideError as exc:
         fail(exc)
@@ -484,6 +484,9 @@ cluster_app = typer.Typer(
 app.add_typer(cluster_app)
 
 
+ADD_NODE_TIMEOUT = 600.0
+
+
 @cluster_app.command("add")
 def cluster_add(
     node_id: Annotated[int, typer.Argument(metavar="ID", min=1, help="The new node's id.")],
@@ -492,7 +495,9 @@ def cluster_add(
     url: UrlOpt = None,
 ) -> None:
     """Join node ID at ADDRESS to the cluster."""
-    res = with_client(url, lambda c: c.add_node(node_id, address))
+    # the leader waits for the new node to catch up (30 s at least) before it answers:
+    # a shorter timeout would retry, i.e. ask again while the first add is still going on
+    res = with_client(url, lambda c: c.add_node(node_id, address), timeout=ADD_NODE_TIMEOUT)
     if as_json:
         emit_json(res)
     else:

@@ -5,6 +5,7 @@ nodes down, and bad input (exit 2, one line, membership unchanged)."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -192,6 +193,23 @@ def test_cluster_remove_and_add_with_the_cli(trio: ProcCluster) -> None:
     )
     r = tide("cluster", "add", str(c4), "127.0.0.1:1", "--url", c.url(leader))
     assert r.returncode == 1 and "already a member" in one_error_line(r)
+
+
+def test_cluster_add_of_a_node_that_does_not_answer_adds_nothing(shared: ProcCluster) -> None:
+    """Nothing listens at the address: the node never catches up, so it is not promoted
+    to a voter (it would count in every quorum) and its learner entry is removed again."""
+    c = shared
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+    r = tide("cluster", "add", "7", nowhere, "--url", c.url(1))
+    assert r.returncode == 1, r.stderr
+    line = one_error_line(r)
+    assert f"node 7 at {nowhere} did not catch up" in line and "not added" in line
+    shard = status(c.url(2))["shards"][0]
+    assert (shard["replicas"], shard["learners"]) == ([1, 2, 3], [])
+    assert "7" not in shard["progress"]
+    write_keys(c, 1, "after-add/", 3)  # the cluster still commits
 
 
 @pytest.mark.parametrize(
