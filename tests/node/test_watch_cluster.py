@@ -4,6 +4,8 @@ stream is SIGKILLed, every change exactly once and in per-key order."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -140,6 +142,44 @@ def test_client_watch_resumes_after_the_serving_node_is_killed(trio: ProcCluster
     finally:
         client.close()
     check_exactly_once_in_order(events, w.acked)
+
+
+def test_async_client_watch_resumes_after_the_serving_node_is_killed(trio: ProcCluster) -> None:
+    c = trio
+    leader, f1, f2, w = started(c, 20)
+    total = 60
+
+    async def run() -> list[Event]:
+        events: list[Event] = []
+        urls = [c.url(f1), c.url(f2), c.url(leader)]
+        async with tidekv.AsyncClient(urls, timeout=10.0) as client:
+
+            async def follow() -> None:
+                stream = client.watch(since="0")
+                try:
+                    async for event in stream:
+                        events.append(event)
+                        if len(events) == total:
+                            return
+                finally:
+                    await stream.aclose()
+
+            task = asyncio.create_task(follow())
+            try:
+                deadline = time.monotonic() + DEADLINE
+                while len(events) < 20:
+                    assert not task.done() and time.monotonic() < deadline, "no first events"
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(c.kill, f1)  # it serves the stream (the first URL)
+                await asyncio.to_thread(w.write, leader, total - 20)
+                await asyncio.wait_for(asyncio.shield(task), DEADLINE)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return events
+
+    check_exactly_once_in_order(asyncio.run(run()), w.acked)
 
 
 def test_tide_watch_survives_the_loss_of_its_node(trio: ProcCluster, tmp_path: Path) -> None:
