@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -113,7 +114,10 @@ def test_sse_through_a_follower_and_resume_by_cursor_on_another_node(trio: ProcC
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
 
 
-def test_client_watch_resumes_after_the_serving_node_is_killed(trio: ProcCluster) -> None:
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
+def test_client_watch_resumes_after_the_serving_node_is_lost(trio: ProcCluster, fault: str) -> None:
+    """SIGKILL ends the stream at once; a paused node (SIGSTOP) keeps the connection
+    open, silent, until the client's read timeout gives up on it."""
     c = trio
     leader, f1, f2, w = started(c, 20)
     total = 60
@@ -123,7 +127,7 @@ def test_client_watch_resumes_after_the_serving_node_is_killed(trio: ProcCluster
 
     def follow() -> None:
         try:
-            for event in client.watch(since="0"):
+            for event in client.watch(since="0", read_timeout=3.0):
                 events.append(event)
                 if len(events) == total:
                     return
@@ -134,7 +138,10 @@ def test_client_watch_resumes_after_the_serving_node_is_killed(trio: ProcCluster
     t.start()
     try:
         wait_for(lambda: len(events) >= 20 or failure, "the first events")
-        c.kill(f1)  # it serves the stream (the first URL)
+        if fault == "sigkill":  # f1 serves the stream (the first URL)
+            c.kill(f1)
+        else:
+            c.signal(f1, signal.SIGSTOP)
         w.write(leader, total - 20)
         t.join(DEADLINE)
         assert not failure, failure
