@@ -7,6 +7,7 @@ port (HTTP port + 100). The harness talks to the nodes over real HTTP only.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -187,3 +188,22 @@ class ProcCluster:
             if line.startswith(name + "{") or line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])
         return None
+
+
+def sse_events(resp: httpx.Response, count: int) -> list[tuple[str | None, dict[str, Any]]]:
+    """The first ``count`` data events of a stream: (id, data)."""
+    events: list[tuple[str | None, dict[str, Any]]] = []
+    ev_id: str | None = None
+    kind = ""
+    for line in resp.iter_lines():
+        if line.startswith("id:"):
+            ev_id = line[3:].strip()
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:") and kind == "":
+            events.append((ev_id, json.loads(line[5:])))
+            if len(events) == count:
+                return events
+        elif line == "":
+            ev_id, kind = None, ""
+    raise AssertionError(f"the stream ended after {len(events)} events")

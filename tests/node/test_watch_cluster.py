@@ -21,30 +21,11 @@ import pytest
 import tidekv
 from tidekv.client import Event
 
-from .proc_cluster import DEADLINE, ProcCluster
+from .proc_cluster import DEADLINE, ProcCluster, sse_events
 
 pytestmark = pytest.mark.timeout(240)
 
 KEYS = 5
-
-
-def sse_events(resp: httpx.Response, count: int) -> list[tuple[str | None, dict[str, Any]]]:
-    """The first ``count`` data events of a stream: (id, data)."""
-    events: list[tuple[str | None, dict[str, Any]]] = []
-    ev_id: str | None = None
-    kind = ""
-    for line in resp.iter_lines():
-        if line.startswith("id:"):
-            ev_id = line[3:].strip()
-        elif line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:") and kind == "":
-            events.append((ev_id, json.loads(line[5:])))
-            if len(events) == count:
-                return events
-        elif line == "":
-            ev_id, kind = None, ""
-    raise AssertionError(f"the stream ended after {len(events)} events")
 
 
 class Writes:
