@@ -109,20 +109,20 @@ def runs(tmp_path: Path) -> Iterator[list[DevCluster]]:
             dc.kill()
 
 
-def stop_and_check(dc: DevCluster, children: list[int], *, whole_group: bool) -> None:
-    """Ctrl-C: to the dev-cluster process alone, or (what a terminal does) to its whole
-    process group; it exits 0 and no node outlives it."""
-    if whole_group:
+def stop_and_check(dc: DevCluster, children: list[int], how: str) -> None:
+    """Stop it ("group": Ctrl-C in a terminal, SIGINT to its whole process group; else the
+    named signal to the dev-cluster process alone); it exits 0 and no node outlives it."""
+    if how == "group":
         os.killpg(dc.proc.pid, signal.SIGINT)
     else:
-        dc.proc.send_signal(signal.SIGINT)
+        dc.proc.send_signal(getattr(signal, how))
     rc = dc.proc.wait(60)
     assert rc == 0, dc.diagnostics()
-    assert "Traceback" not in dc.diagnostics()
+    assert "Traceback" not in dc.diagnostics(), dc.diagnostics()
     deadline = time.monotonic() + DEADLINE
     while session_members(dc.proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert session_members(dc.proc.pid) == [], "nodes outlived the dev cluster"
+    assert session_members(dc.proc.pid) == [], f"nodes outlived it\n{dc.diagnostics()}"
     assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == []
 
 
@@ -151,7 +151,7 @@ def test_dev_cluster_serves_stops_on_ctrl_c_and_keeps_its_data(
             written[key] = value
     assert sorted(os.listdir(tmp_path / "tide-cluster")) == ["n1", "n2", "n3"]
 
-    stop_and_check(dc, children, whole_group=False)
+    stop_and_check(dc, children, "SIGINT")
 
     dc2 = DevCluster(tmp_path, base, 2)
     runs.append(dc2)
@@ -163,7 +163,7 @@ def test_dev_cluster_serves_stops_on_ctrl_c_and_keeps_its_data(
             for key, value in written.items():
                 r = http.get(url + "/v1/kv/" + key)
                 assert (r.status_code, r.content) == (200, value), (i, key, r.text)
-    stop_and_check(dc2, children2, whole_group=True)
+    stop_and_check(dc2, children2, "group")
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigint-ignored-at-start", "sigkill"])
@@ -186,11 +186,7 @@ def test_dev_cluster_stops_its_nodes_however_it_is_stopped(
             time.sleep(0.1)
         assert session_members(dc.proc.pid) == [], "nodes outlived the killed dev cluster"
         return
-    sig = signal.SIGTERM if how == "sigterm" else signal.SIGINT
-    dc.proc.send_signal(sig)
-    assert dc.proc.wait(60) == 0, dc.diagnostics()
-    assert session_members(dc.proc.pid) == [], "nodes outlived the dev cluster"
-    assert "Traceback" not in dc.diagnostics()
+    stop_and_check(dc, children, "SIGTERM" if how == "sigterm" else "SIGINT")
 
 
 def test_dev_cluster_port_in_use_is_an_error_and_leaves_nothing_running(
