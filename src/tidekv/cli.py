@@ -5,6 +5,9 @@ in ``--path`` or, with ``--url`` (or ``$TIDE_URL``; several URLs comma-separated
 server through :class:`tidekv.Client`, with the same output and exit codes. ``watch``,
 ``status`` and ``cluster add|remove`` always talk to a server.
 
+The embedded commands refuse a node's data directory (one with ``node.json``, made by
+``tide serve``): writing an embedded store into it would keep the node from starting.
+
 Exit codes: 0 success, 1 not found (or another refused operation such as a failed
 precondition, or a server that cannot be reached: "error: cannot reach URL: connection
 refused"), 2 bad input. Errors are one line on stderr, never a traceback
@@ -25,6 +28,7 @@ from rich.table import Table
 
 import tidekv
 from tidekv.errors import InvalidInput, TideError
+from tidekv.node.config import NODE_FILE
 from tidekv.store import Item, Store
 from tidekv.versioning import is_json_type
 from tidekv.wire import item_dict
@@ -86,18 +90,23 @@ def with_store(
         if url:
             with tidekv.Client(url) as client:
                 return fn(client)
+        if os.path.exists(os.path.join(path, NODE_FILE)):
+            raise InvalidInput(
+                f"{path} is the data directory of a tidekv node (tide serve): "
+                "talk to the node with --url (or set TIDE_URL)"
+            )
         with tidekv.open(path, engine) as store:
             return fn(store)
     except TideError as exc:
         fail(exc)
 
 
-def with_client(url: str | None, fn: Callable[[Client], T]) -> T:
+def with_client(url: str | None, fn: Callable[[Client], T], timeout: float = 10.0) -> T:
     """``fn`` applied to the server at ``url`` (required)."""
     if not url:
         fail(InvalidInput("this command talks to a server: give --url or set TIDE_URL"))
     try:
-        with tidekv.Client(url) as client:
+        with tidekv.Client(url, timeout=timeout) as client:
             return fn(client)
     except TideError as exc:
         fail(exc)
@@ -425,7 +434,11 @@ def _cell(value: Any) -> str:
 @app.command()
 def status(as_json: JsonOpt = False, url: UrlOpt = None) -> None:
     """Show the cluster: nodes, and per shard its leader, term, commit index and the
-    replication lag of each follower (whatever the server reports)."""
+    replication of each member as the leader sees it (match index, lag = commit index -
+    match, replication state, and whether it answered within the last election timeout).
+
+    Any node answers (a follower forwards to the leader); without a leader, a node
+    reports what it knows (leader "-")."""
     info = with_client(url, lambda c: c.cluster())
     if as_json:
         emit_json(info)
@@ -435,15 +448,43 @@ def status(as_json: JsonOpt = False, url: UrlOpt = None) -> None:
         out.print(f"{k}: {_cell(v)}", markup=False)
     for name, value in info.items():
         if isinstance(value, list) and all(isinstance(r, dict) for r in value):
-            out.print(_table(value, name))
+            rows = [{k: v for k, v in r.items() if k != "progress"} for r in value]
+            out.print(_table(rows, name))
+            for row in value:
+                if isinstance(row.get("progress"), dict):
+                    out.print(_replication_table(row))
         elif isinstance(value, dict):
             out.print(f"{name}: {_cell(value)}", markup=False)
+
+
+def _replication_table(shard: dict[str, Any]) -> Table:
+    """One row per member of the shard from the leader's progress."""
+    rows = []
+    for nid, p in sorted(shard["progress"].items(), key=lambda kv: int(kv[0])):
+        if not isinstance(p, dict):
+            continue
+        leader = str(shard.get("leader")) == str(nid)
+        role = "leader" if leader else "learner" if p.get("learner") else "follower"
+        rows.append(
+            {
+                "node": nid,
+                "role": role,
+                "match": p.get("match"),
+                "lag": p.get("lag"),
+                "replication": "-" if leader else p.get("state"),
+                "active": "yes" if leader or p.get("active") else "no",
+            }
+        )
+    return _table(rows, f"shard {shard.get('id')} replication")
 
 
 cluster_app = typer.Typer(
     name="cluster", help="Change the cluster's membership.", no_args_is_help=True
 )
 app.add_typer(cluster_app)
+
+
+ADD_NODE_TIMEOUT = 600.0
 
 
 @cluster_app.command("add")
@@ -454,7 +495,9 @@ def cluster_add(
     url: UrlOpt = None,
 ) -> None:
     """Join node ID at ADDRESS to the cluster."""
-    res = with_client(url, lambda c: c.add_node(node_id, address))
+    # the leader waits for the new node to catch up (30 s at least) before it answers:
+    # a shorter timeout would retry, i.e. ask again while the first add is still going on
+    res = with_client(url, lambda c: c.add_node(node_id, address), timeout=ADD_NODE_TIMEOUT)
     if as_json:
         emit_json(res)
     else:

@@ -1,7 +1,9 @@
 """``tide serve`` and ``tide dev-cluster``: run nodes.
 
 ``tide serve`` with no arguments is the embedded default: a single-node cluster on
-127.0.0.1:7070 (peer port 7170) with its data in ./tide-data. ``tide dev-cluster
+127.0.0.1:7070 (peer port 7170) with its data in ./tide-data. A data directory that holds
+an embedded store (made by ``tide put`` without ``--url``, whose default is also
+./tide-data) is served as it is: one node, no replication, the same HTTP API. ``tide dev-cluster
 --nodes 3`` runs three such processes on loopback (HTTP 7070.., peer 7170..), data in
 ./tide-cluster/nN, waits until a leader serves, prints the endpoints and stops them on
 Ctrl-C; a second start reuses the data.
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 import httpx
@@ -25,6 +28,7 @@ import typer
 from tidekv.cli import app, err, out
 from tidekv.errors import InvalidInput, TideError
 from tidekv.node.config import DEFAULT_HTTP, NodeConfig, parse_peers, split_address
+from tidekv.store import MARKER_FILE
 
 log = logging.getLogger("tidekv.node")
 
@@ -62,6 +66,26 @@ async def run_node(cfg: NodeConfig, *, ready_file: str | None = None) -> int:
     finally:
         await node.stop()
     return rc
+
+
+async def run_embedded(path: str, address: str) -> int:
+    """Serve the embedded store in ``path`` (one node, no replication) until SIGINT/SIGTERM:
+    the same HTTP API; membership changes are refused."""
+    import tidekv
+    from tidekv.http import create_app
+    from tidekv.http import server as http_server
+    from tidekv.localservice import LocalService
+
+    store = tidekv.open(path)  # an existing store keeps its engine
+    service = LocalService(store, node_id=1, address=address)
+    host, port = split_address(address)
+    server = http_server(create_app(service), host, port, timeout_graceful_shutdown=2)
+    try:
+        await server.serve()
+    finally:
+        service.close()
+        store.close()
+    return 0
 
 
 def _install_uvloop() -> None:
@@ -130,10 +154,27 @@ def serve(
     except TideError as exc:
         err.print(f"error: {exc.message}", markup=False)
         raise typer.Exit(2) from None
+    embedded = os.path.exists(os.path.join(data_dir, MARKER_FILE))
+    if embedded and (peers or join):
+        err.print(
+            f"error: {data_dir} holds an embedded store (tide put --path), which serves as "
+            "one node only; give a replicated node its own empty --data-dir",
+            markup=False,
+        )
+        raise typer.Exit(2)
     _install_uvloop()
-    err.print(f"tidekv node {node_id}: http://{address} (data in {data_dir})", markup=False)
+    if embedded:
+        err.print(
+            f"tidekv: serving the embedded store in {data_dir} on http://{address} "
+            "(one node, no replication)",
+            markup=False,
+        )
+        run = run_embedded(data_dir, address)
+    else:
+        err.print(f"tidekv node {node_id}: http://{address} (data in {data_dir})", markup=False)
+        run = run_node(cfg, ready_file=ready_file)
     try:
-        rc = asyncio.run(run_node(cfg, ready_file=ready_file))
+        rc = asyncio.run(run)
     except KeyboardInterrupt:
         rc = 0
     except OSError as exc:
@@ -142,8 +183,11 @@ def serve(
     raise typer.Exit(rc)
 
 
-def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]], timeout: float) -> str:
+def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]], timeout: float) -> int:
+    """The id of the leader, once every node serves HTTP and the leader serves
+    linearizable requests (so each endpoint printed answers)."""
     deadline = time.monotonic() + timeout
+    up: set[str] = set()
     with httpx.Client(timeout=1.0) as client:
         while time.monotonic() < deadline:
             for p in procs:
@@ -151,9 +195,18 @@ def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]], timeout: 
                     raise TideError(f"a node exited with code {p.returncode} while starting")
             for url in urls:
                 with contextlib.suppress(httpx.HTTPError):
-                    r = client.get(url + "/v1/cluster")
-                    if r.status_code == 200 and r.json()["shards"][0].get("leader"):
-                        return url
+                    if url not in up and client.get(url + "/health").status_code == 200:
+                        up.add(url)
+            if len(up) == len(urls):
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, IndexError):
+                    r = client.get(urls[0] + "/v1/cluster")
+                    leader = r.json()["shards"][0].get("leader") if r.status_code == 200 else None
+                    if (
+                        isinstance(leader, int)
+                        and 1 <= leader <= len(urls)
+                        and client.get(urls[leader - 1] + "/ready").status_code == 200
+                    ):
+                        return leader
             time.sleep(0.1)
     raise TideError(f"no leader within {timeout:.0f} s")
 
@@ -171,55 +224,104 @@ def dev_cluster(
         raise typer.Exit(2)
     addrs = {i: f"127.0.0.1:{base_port + i - 1}" for i in range(1, nodes + 1)}
     peers = ",".join(f"{i}={a}" for i, a in addrs.items())
-    procs: list[subprocess.Popen[bytes]] = []
-    for i, a in addrs.items():
-        cmd = [
-            sys.executable,
-            "-m",
-            "tidekv",
-            "serve",
-            "--id",
-            str(i),
-            "--data-dir",
-            os.path.join(data_dir, f"n{i}"),
-            "--address",
-            a,
-            "--peers",
-            peers,
-            "--engine",
-            engine,
-        ]
-        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
     urls = [f"http://{a}" for a in addrs.values()]
-
-    def stop(*_: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
+    procs: list[subprocess.Popen[bytes]] = []
+    # Ctrl-C, kill (SIGTERM) and a closed terminal all stop the nodes first, even when
+    # SIGINT was ignored at start (a background job of a script)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _raise_stop)
+    rc = 0
     try:
+        for i, a in addrs.items():
+            cmd = serve_command(i, os.path.join(data_dir, f"n{i}"), a, peers, engine)
+            procs.append(
+                subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
+            )
         leader = _wait_ready(urls, procs, 60)
         out.print(f"tidekv dev cluster: {nodes} node(s), data in {data_dir}", markup=False)
         for i, u in zip(addrs, urls, strict=True):
             out.print(f"  node {i}: {u}", markup=False)
-        out.print(f"leader reachable via {leader}; Ctrl-C stops the cluster", markup=False)
+        out.print(f"leader: node {leader}; Ctrl-C stops the cluster", markup=False)
         out.print(f"export TIDE_URL={','.join(urls)}", markup=False)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         err.print("error: a node exited; stopping the others", markup=False)
-        stop()
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        stop()
+        rc = 1
+    except (_Stop, KeyboardInterrupt):
+        rc = 0
     except TideError as exc:
-        stop()
         err.print(f"error: {exc.message}", markup=False)
-        raise typer.Exit(1) from None
+        rc = 1
+    finally:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C does not cut the stop short
+        _stop_all(procs)
+    raise typer.Exit(rc)
+
+
+def serve_command(
+    node_id: int, data_dir: str, address: str, peers: str, engine: str, *extra: str
+) -> list[str]:
+    """The command line of one ``tide serve`` node process (this Python, this tidekv)."""
+    return [
+        sys.executable,
+        "-m",
+        "tidekv",
+        "serve",
+        "--id",
+        str(node_id),
+        "--data-dir",
+        data_dir,
+        "--address",
+        address,
+        "--peers",
+        peers,
+        "--engine",
+        engine,
+        *extra,
+    ]
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Stop(Exception):
+    """A signal asked the dev cluster to stop."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signum)
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every node, then wait for each (SIGKILL after 10 s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes a node get SIGTERM when the dev cluster dies, even by
+    SIGKILL (Linux ``PR_SET_PDEATHSIG``): no node outlives it. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def arm() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def main() -> None:

@@ -45,6 +45,12 @@ _HOP_HEADERS = frozenset(
 )
 
 
+#: a forwarded membership change waits for the leader, which waits for the new node to
+#: catch up (30 s at least, a snapshot may take longer): a shorter wait would answer 503
+#: and make the client retry while the first change is still going on
+MEMBERSHIP_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+
+
 class Forwarder:
     """Proxies requests to leaders; owns the shared HTTP client (one per event loop)."""
 
@@ -108,12 +114,14 @@ class Forwarder:
         if qs:
             url += "?" + qs.decode("latin-1")
         client = self._http()
+        if streaming:
+            timeout = self._stream_timeout
+        elif req.path.startswith(b"/v1/cluster/nodes"):
+            timeout = MEMBERSHIP_TIMEOUT  # the leader answers once a new node caught up
+        else:
+            timeout = self._timeout
         request = client.build_request(
-            req.method,
-            url,
-            headers=headers,
-            content=body,
-            timeout=self._stream_timeout if streaming else self._timeout,
+            req.method, url, headers=headers, content=body, timeout=timeout
         )
         try:
             upstream = await client.send(request, stream=True)

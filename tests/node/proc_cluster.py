@@ -7,22 +7,24 @@ port (HTTP port + 100). The harness talks to the nodes over real HTTP only.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tidekv.cli_node import serve_command
+
 DEADLINE = 60.0
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -39,7 +41,7 @@ def free_base_port(n: int, rng_seed: int | None = None) -> int:
     rng = random.Random(rng_seed)
     for _ in range(200):
         base = rng.randrange(20000, 40000)
-        if all(_port_free(base + i) and _port_free(base + i + 100) for i in range(n + 1)):
+        if all(port_free(base + i) and port_free(base + i + 100) for i in range(n + 1)):
             return base
     raise RuntimeError("no free ports")
 
@@ -70,29 +72,13 @@ class ProcCluster:
     def peers_spec(self) -> str:
         return ",".join(f"{i}={self.address(i)}" for i in range(1, self.n + 1))
 
-    def start(self, i: int, *, join: bool = False) -> None:
+    def start(self, i: int, *, join: bool = False, peers: str | None = None) -> None:
+        """Start node ``i`` (``peers``: the --peers spec, default nodes 1..n)."""
         assert i not in self.procs or self.procs[i].poll() is not None
         log = open(self.root / f"n{i}.log", "ab")  # noqa: SIM115 - owned by the process
-        cmd = [
-            sys.executable,
-            "-m",
-            "tidekv",
-            "serve",
-            "--id",
-            str(i),
-            "--data-dir",
-            str(self.data_dir(i)),
-            "--address",
-            self.address(i),
-            "--engine",
-            self.engine,
-            "--tick-ms",
-            str(self.tick_ms),
-            "-v",
-        ]
-        cmd += ["--peers", self.peers_spec()]
-        if join:
-            cmd.append("--join")
+        extra = ["--tick-ms", str(self.tick_ms), "-v"] + (["--join"] if join else [])
+        spec = peers or self.peers_spec()
+        cmd = serve_command(i, str(self.data_dir(i)), self.address(i), spec, self.engine, *extra)
         self.procs[i] = subprocess.Popen(
             cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ}
         )
@@ -190,9 +176,7 @@ class ProcCluster:
         )
 
     def get(self, i: int, key: str, consistency: str = "linearizable") -> httpx.Response:
-        return self.http.get(
-            self.url(i) + "/v1/kv/" + key, params={"consistency": consistency}
-        )
+        return self.http.get(self.url(i) + "/v1/kv/" + key, params={"consistency": consistency})
 
     def metric(self, i: int, name: str) -> float | None:
         """A sample of this node's own /metrics (never forwarded)."""
@@ -204,3 +188,22 @@ class ProcCluster:
             if line.startswith(name + "{") or line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])
         return None
+
+
+def sse_events(resp: httpx.Response, count: int) -> list[tuple[str | None, dict[str, Any]]]:
+    """The first ``count`` data events of a stream: (id, data)."""
+    events: list[tuple[str | None, dict[str, Any]]] = []
+    ev_id: str | None = None
+    kind = ""
+    for line in resp.iter_lines():
+        if line.startswith("id:"):
+            ev_id = line[3:].strip()
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:") and kind == "":
+            events.append((ev_id, json.loads(line[5:])))
+            if len(events) == count:
+                return events
+        elif line == "":
+            ev_id, kind = None, ""
+    raise AssertionError(f"the stream ended after {len(events)} events")

@@ -4,7 +4,6 @@ Idempotency-Key create one version even across a leader change, reads by consist
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,16 +18,6 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
     c = ProcCluster(tmp_path_factory.mktemp("single"), 1)
     c.start_all()
     c.wait_ready(1)
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture
-def trio(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path, 3)
-    c.start_all()
     try:
         yield c
     finally:

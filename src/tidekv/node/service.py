@@ -33,7 +33,6 @@ from tidekv.errors import (
     Conflict,
     InvalidInput,
     NotFound,
-    Timeout,
 )
 from tidekv.node.config import Peer
 from tidekv.node.replica import Replica
@@ -335,22 +334,34 @@ class NodeService:
             raise Conflict(f"node {node_id} is already a member at another address", id=node_id)
         if node_id not in conf.learners:
             await rep.conf_change(Replica.add_change(peer, learner=True), self.timeout)
-        await self._catch_up(rep, node_id)
+        wait = max(30.0, self.timeout * 6)
+        if not await self._catch_up(rep, node_id, wait):
+            # never a voter that does not answer (it would count in every quorum), and
+            # no learner left behind: the add did not happen
+            await rep.conf_change(ConfChange(ConfChangeType.REMOVE_NODE, node_id), self.timeout)
+            raise Conflict(
+                f"node {node_id} at {peer.address} did not catch up within {wait:.0f} s "
+                "(is it running, started with --join?); it was not added",
+                id=node_id,
+            )
         await rep.conf_change(Replica.add_change(peer, learner=False), self.timeout)
         return {**peer.to_dict(), "state": "voter"}
 
-    async def _catch_up(self, rep: Replica, node_id: int) -> None:
-        """Wait until the learner's log is close to the leader's (a snapshot first if it
-        is far behind), so promoting it does not stall commits."""
-        deadline = time.monotonic() + max(30.0, self.timeout * 6)
+    async def _catch_up(self, rep: Replica, node_id: int, wait: float) -> bool:
+        """Wait until the learner has acknowledged the log up to its own addition and is
+        close to the leader's (a snapshot first if it is far behind), so promoting it does
+        not stall commits. False when it did not within ``wait`` seconds."""
+        target = rep.raw.raft.log.committed  # its addition is committed by now
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if not rep.is_leader:
                 raise rep.not_leader()
             pr = rep.raw.raft.prs.get(node_id)
-            if pr is not None and pr.match >= rep.raw.raft.log.committed - 16:
-                return
+            committed = rep.raw.raft.log.committed
+            if pr is not None and pr.match >= target and pr.match >= committed - 16:
+                return True
             await asyncio.sleep(0.05)
-        raise Timeout(f"node {node_id} did not catch up in time; it stays a learner", id=node_id)
+        return False
 
     async def remove_node(self, node_id: int) -> dict[str, Any]:
         rep = self.rep
