@@ -107,7 +107,8 @@ class Forwarder:
         body = await req.body(body_limit)
         headers = [(k, v) for k, v in req.headers.items() if k in _REQUEST_HEADERS]
         headers.append((FORWARDED_BY, self.node_name.encode()))
-        if not streaming and req.method != "HEAD":
+        membership = req.path.startswith(b"/v1/cluster/nodes")
+        if not streaming and not membership and req.method != "HEAD":
             return await self._forward_plain(req, exc, str(leader_url), headers, body)
         url = str(leader_url).rstrip("/") + req.path.decode("latin-1")
         qs = req.query_string
@@ -116,7 +117,7 @@ class Forwarder:
         client = self._http()
         if streaming:
             timeout = self._stream_timeout
-        elif req.path.startswith(b"/v1/cluster/nodes"):
+        elif membership:
             timeout = MEMBERSHIP_TIMEOUT  # the leader answers once a new node caught up
         else:
             timeout = self._timeout
