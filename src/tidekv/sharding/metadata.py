@@ -374,8 +374,9 @@ def _replan(state: ClusterState) -> None:
     for s, want in enumerate(placement.replicas):
         st = state.shard_map[s]
         target = list(want)
-        if st.moving and set(st.target) == set(target) and not st.blocked:
-            continue  # the move in progress already goes there
+        if st.moving and st.next_step > 0 and set(st.target) == set(target):
+            continue  # the move under way already goes there (unstarted ones are re-planned
+            # with the latest liveness and leaders)
         if set(st.voters) == set(target) and not st.learners:
             st.target, st.steps, st.next_step, st.blocked = [], [], 0, ""
             continue
