@@ -59,7 +59,7 @@ def test_replacing_the_whole_set_step_by_step() -> None:
 
 def test_a_down_replica_is_replaced_first() -> None:
     steps = plan_shard([1, 2, 3], [1, 4, 5], leader=1, down={3})
-    assert [s for s in steps if s.kind is StepKind.REMOVE_VOTER][0].node == 3
+    assert next(s for s in steps if s.kind is StepKind.REMOVE_VOTER).node == 3
 
 
 def test_no_quorum_is_refused() -> None:
