@@ -3,6 +3,7 @@
     python -m tidekv.sim --seed 7 --nodes 5 --ticks 400 --faults all
     python -m tidekv.sim --seeds 1..300 --faults all --quiet
     python -m tidekv.sim --seeds 1..10000 --faults all --quiet     # the long run
+    python -m tidekv.sim --groups 8 --nodes 5 --seeds 1..300 --quiet  # groups on shared hosts
 
 Exit code 0 when every seed passed, 1 when any seed broke a safety or liveness property
 (its replay command is printed), 2 on bad arguments.
@@ -24,7 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=None, help="a range like 1..300, or a list 3,9,12")
     ap.add_argument("--nodes", type=int, default=5, choices=(3, 5, 7))
     ap.add_argument("--ticks", type=int, default=400, help="ticks of the fault phase")
-    ap.add_argument("--liveness-ticks", type=int, default=200)
+    ap.add_argument(
+        "--liveness-ticks", type=int, default=None, help="default 200 (300 with --groups)"
+    )
+    ap.add_argument(
+        "--groups",
+        type=int,
+        default=1,
+        help="more than 1: that many Raft groups share the --nodes hosts and move replicas "
+        "(tidekv.sim.multigroup)",
+    )
     ap.add_argument("--faults", default="all", help="all, none, or a list: net,partition,...")
     ap.add_argument(
         "--lease",
@@ -51,6 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.groups > 1:
+        from tidekv.sim.multigroup import MultiConfig, run_multi_seeds
+
+        mcfg = MultiConfig(hosts=args.nodes, groups=args.groups, ticks=args.ticks, faults=faults)
+        if args.liveness_ticks is not None:
+            mcfg.liveness_ticks = args.liveness_ticks
+        rep = run_multi_seeds(
+            seeds,
+            mcfg,
+            verbose=args.seed is not None and not args.quiet,
+            stop_on_failure=args.stop_on_failure,
+            out=sys.stdout,
+        )
+        return 0 if rep.ok else 1
     caps = capabilities()
     missing = [k for k, v in caps.items() if not v]
     if missing and not args.quiet:
@@ -58,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SimConfig(
         nodes=args.nodes,
         ticks=args.ticks,
-        liveness_ticks=args.liveness_ticks,
+        liveness_ticks=200 if args.liveness_ticks is None else args.liveness_ticks,
         faults=faults,
         lease=args.lease,
         report_unreachable=args.report_unreachable,
