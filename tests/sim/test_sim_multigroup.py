@@ -81,3 +81,18 @@ def test_cli_runs_groups(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["--groups", "3", "--nodes", "5", "--seeds", "1..2", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "seeds: 2  passed: 2" in out and "groups checked: 6" in out
+
+
+def test_the_simulator_catches_raft_ids_reused_across_incarnations() -> None:
+    """Broken on purpose: a host that re-joins a group it left comes back under its old
+    Raft id with an empty disk (what "Raft id = node id in every group" would do). The
+    leader's stale view of the old incarnation and the forgotten votes break Raft:
+    seed 98 elects two leaders in one term; others hit the core's "commit out of range"
+    assertion (a heartbeat's commit beyond the new replica's empty log)."""
+    faults = FaultConfig.parse("all")
+    broken = {s: run_multi(s, faults=faults, reuse_replica_ids=True) for s in (56, 98)}
+    assert broken[98].rule == "election safety", broken[98].violation
+    assert broken[56].rule == "raised RaftLogError", broken[56].violation
+    assert "out of range" in (broken[56].violation or "")
+    # the same seeds with a fresh replica id per incarnation are fine
+    assert all(run_multi(s, faults=faults).ok for s in broken)

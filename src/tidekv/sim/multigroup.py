@@ -77,6 +77,10 @@ class MultiConfig:
     clients: int = 2
     keys: int = 2
     check_steps: int = 2_000_000
+    #: a deliberately broken mode for the simulator's own tests: a host that joins a
+    #: group it left again comes back under its old Raft id (with an empty disk), as it
+    #: would if Raft ids were node ids
+    reuse_replica_ids: bool = False
 
 
 def replay_command(cfg: MultiConfig) -> str:
@@ -491,8 +495,13 @@ class MultiCluster:
             if host in self.down:
                 return False
             if rid is None:
-                rid = g.next_rid
-                g.next_rid += 1
+                old_rids = [x for x, h in g.host_of.items() if h == host and x in g.retired]
+                if self.cfg.reuse_replica_ids and old_rids:
+                    rid = max(old_rids)
+                    g.retired.discard(rid)
+                else:
+                    rid = g.next_rid
+                    g.next_rid += 1
                 mv.rids[host] = rid
                 # the new replica starts empty and waits for the leader (snapshot first)
                 self._add_replica(g, rid, host, ConfState())
