@@ -16,7 +16,8 @@ import pytest
 
 from tidekv.sim.__main__ import main
 from tidekv.sim.faults import FaultConfig
-from tidekv.sim.multigroup import MultiCluster, MultiConfig, MultiResult, run_multi
+from tidekv.sim.multigroup import MultiCluster, MultiConfig, MultiResult
+from tidekv.sim.multirunner import run_multi
 
 SEEDS = range(1, 121)
 

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.groups > 1:
-        from tidekv.sim.multigroup import MultiConfig, run_multi_seeds
+        from tidekv.sim.multigroup import MultiConfig
+        from tidekv.sim.multirunner import run_multi_seeds
 
         mcfg = MultiConfig(hosts=args.nodes, groups=args.groups, ticks=args.ticks, faults=faults)
         if args.liveness_ticks is not None:
