@@ -153,3 +153,27 @@ def test_replicas_apply_the_same_log_to_the_same_bytes(cmds: list[Command], seed
             assert len(sh.voters) >= 1
             if sh.moving and not sh.blocked and sh.next_step == 0:
                 check_plan(sh.voters, sh.target, sh.steps, learners=sh.learners, down=a.down())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(commands, max_size=30))
+def test_finishing_every_move_reaches_the_ring_placement(cmds: list[Command]) -> None:
+    """Whatever happened before, once the executor finishes every move the shard map is
+    the ring's placement of the members in the ring (shards without a live quorum
+    excepted: they wait, blocked)."""
+    s = _cluster(4, shards=8)
+    for c in cmds:
+        apply(s, c)
+    for _ in range(20):  # a move finishing can let a decommissioned member go
+        if not any(not sh.blocked for sh in s.movements().values()):
+            break
+        for shard, sh in sorted(s.movements().items()):
+            if not sh.blocked:
+                while s.shard_map[shard].moving:
+                    assert apply(s, StepDone(shard, s.shard_map[shard].next_step)) is None
+    want = Ring(s.ring_members(), s.vnodes).place(s.shards, s.replication)
+    for shard, sh in s.shard_map.items():
+        if not sh.blocked:
+            assert set(sh.voters) == set(want.replicas[shard]) and not sh.learners
+        else:
+            assert "majority" in sh.blocked and not sh.steps

@@ -21,19 +21,23 @@ def shard_moves(draw: st.DrawFn) -> tuple[list[int], list[int], list[int], int |
     others = [n for n in nodes if n not in voters]
     learners = draw(st.lists(st.sampled_from(others), max_size=2, unique=True)) if others else []
     leader = draw(st.one_of(st.none(), st.sampled_from(voters)))
-    # down nodes: never a majority of the voters (else NoQuorum, tested apart), never a
-    # node to be added (a learner on a down node cannot catch up: the move waits)
-    down = set(draw(st.lists(st.sampled_from(voters), max_size=(len(voters) - 1) // 2)))
-    down -= set(target)
+    # down nodes anywhere: old voters, new ones, learners
+    down = set(draw(st.lists(st.sampled_from(nodes), max_size=4)))
     return voters, target, learners, leader, down
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(shard_moves())
 def test_every_plan_keeps_a_quorum_and_ends_at_the_target(
     case: tuple[list[int], list[int], list[int], int | None, set[int]],
 ) -> None:
     voters, target, learners, leader, down = case
+    live_voters = [v for v in voters if v not in down]
+    live_target = [n for n in target if n not in down]
+    if 2 * len(live_voters) <= len(voters) or 2 * len(live_target) <= len(target):
+        with pytest.raises(NoQuorum):
+            plan_shard(voters, target, learners=learners, leader=leader, down=down)
+        return
     steps = plan_shard(voters, target, learners=learners, leader=leader, down=down)
     end = check_plan(voters, target, steps, learners=learners, leader=leader, down=down)
     assert end.voters == set(target)
@@ -63,8 +67,10 @@ def test_a_down_replica_is_replaced_first() -> None:
 
 
 def test_no_quorum_is_refused() -> None:
-    with pytest.raises(NoQuorum):
+    with pytest.raises(NoQuorum, match="no majority"):
         plan_shard([1, 2, 3], [1, 4, 5], down={2, 3})
+    with pytest.raises(NoQuorum, match="target"):  # it would end without a quorum
+        plan_shard([1, 2, 3], [3, 4], down={3})
 
 
 def test_the_checker_catches_unsafe_plans() -> None:

@@ -17,7 +17,8 @@ up-to-date voters (old live voters, and new ones once caught up) are a majority 
 voters: the group can always commit the next change. :func:`check_plan` replays a plan
 against those rules (it is what the property tests run, and what the metadata uses
 before it accepts a plan); :class:`NoQuorum` is raised for a shard whose live voters
-are not a majority, since no membership change could commit there.
+are not a majority, since no membership change could commit there, and for a target
+whose live members are not a majority (it would end without a quorum).
 
 :func:`plan_moves` does this for every shard whose replica set differs between two maps.
 """
@@ -161,8 +162,9 @@ def plan_shard(
     """The steps that take a shard from ``voters`` (+ ``learners``) to ``target``.
 
     ``target`` is in ring order (its first live member is the preferred new leader).
-    Raises :class:`NoQuorum` when the live voters are no majority, ``ValueError`` for an
-    empty or repeating target.
+    Raises :class:`NoQuorum` when the live voters, or the live members of the target, are
+    no majority (the move could not start, or would end without a quorum: it waits),
+    ``ValueError`` for an empty or repeating target.
     """
     if not target:
         raise ValueError("a shard needs at least one replica")
@@ -174,6 +176,12 @@ def plan_shard(
             f"live voters {sorted(cfg.up_to_date)} are no majority of {sorted(cfg.voters)}"
         )
     want = set(target)
+    live_target = want - set(down)
+    if 2 * len(live_target) <= len(want):
+        raise NoQuorum(
+            f"the target {sorted(want)} has no live majority (down: {sorted(want & set(down))}):"
+            " the move would end without a quorum"
+        )
     steps: list[Step] = []
 
     def emit(step: Step) -> None:
