@@ -190,9 +190,7 @@ class ProcCluster:
         )
 
     def get(self, i: int, key: str, consistency: str = "linearizable") -> httpx.Response:
-        return self.http.get(
-            self.url(i) + "/v1/kv/" + key, params={"consistency": consistency}
-        )
+        return self.http.get(self.url(i) + "/v1/kv/" + key, params={"consistency": consistency})
 
     def metric(self, i: int, name: str) -> float | None:
         """A sample of this node's own /metrics (never forwarded)."""

@@ -80,6 +80,17 @@ def test_a_node_joining_nodes_1_to_n_moves_close_to_the_ideal(n: int) -> None:
     assert abs(_moved(before.replicas, after.replicas) - ideal) <= 0.25 * ideal
 
 
+@pytest.mark.parametrize("gone", [1, 2, 3, 4, 5, 6])
+def test_a_node_leaving_moves_exactly_its_replicas(gone: int) -> None:
+    """Decommissioning one of nodes 1..6: only its replicas move (each to one new node),
+    and their number is within 25% of the ideal 32."""
+    full = Ring(dict.fromkeys(range(1, 7), 1)).place(64, 3)
+    rest = Ring({n: 1 for n in range(1, 7) if n != gone}).place(64, 3)
+    moved = _moved(full.replicas, rest.replicas)
+    assert moved == full.load()[gone]
+    assert abs(moved - 32) <= 8
+
+
 def test_moves_within_25_percent_over_many_member_lists() -> None:
     """The measured share (docs/sharding.md: 99.4% of 1000 member lists at 64 vnodes);
     here 200 lists, which must stay above 97%."""

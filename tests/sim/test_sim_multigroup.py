@@ -54,6 +54,8 @@ def test_the_runs_moved_replicas_and_served_clients() -> None:
     assert done > 3 * len(results)
     assert sum(r.counts["moves_off_down"] for r in results) > len(results) // 2
     assert sum(r.counts["ok"] for r in results) > 100 * len(results)
+    # new learners were caught up by snapshot (the initial membership is one)
+    assert sum(r.counts["snapshots"] for r in results) >= done
     # replicas beyond the initial three per group were created and caught up
     assert all(r.counts["replicas_created"] >= 3 * r.config.groups for r in results)
     assert sum(r.counts["replicas_created"] - 3 * r.config.groups for r in results) == done

@@ -152,6 +152,8 @@ class MultiCluster:
         self.partition_gen = 0
         self.moves_started = 0
         self.moves_done = 0
+        #: snapshots delivered (new learners catch up by snapshot first)
+        self.snapshots = 0
         #: moves that replace a replica on a crashed host (re-replication)
         self.moves_off_down = 0
         self.move_ticks: list[float] = []
@@ -364,6 +366,7 @@ class MultiCluster:
                 return True
             node.deliver(self.now, m)
             if m.type == MessageType.SNAP:
+                self.snapshots += 1
                 sender = g.replicas.get(m.frm)
                 if sender is not None and sender.rawnode is not None:
                     sender.rawnode.report_snapshot(m.to, ok=True)
@@ -527,6 +530,7 @@ class MultiCluster:
         counts["moves_started"] = self.moves_started
         counts["moves_done"] = self.moves_done
         counts["moves_off_down"] = self.moves_off_down
+        counts["snapshots"] = self.snapshots
         counts["replicas_created"] = sum(len(g.replicas) for g in self.groups.values())
         counts["messages"] = self.network.sent
         counts["crashes"] = sum(

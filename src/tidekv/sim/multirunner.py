@@ -45,7 +45,8 @@ class MultiReport:
                 f"moves started: {total.get('moves_started', 0)}  finished: "
                 f"{total.get('moves_done', 0)}  (away from a crashed host: "
                 f"{total.get('moves_off_down', 0)})  replicas created: "
-                f"{total.get('replicas_created', 0)}  host crashes (replica crashes): "
+                f"{total.get('replicas_created', 0)}  snapshots delivered: "
+                f"{total.get('snapshots', 0)}  replica crashes: "
                 f"{total.get('crashes', 0)}",
                 f"move duration (ticks, first step to last): {moves}",
             ]
