@@ -11,6 +11,7 @@ from tidekv.sharding import Ring, check_plan
 from tidekv.sharding.metadata import (
     ClusterState,
     Command,
+    ConfSeen,
     Create,
     Decommission,
     Evict,
@@ -116,6 +117,20 @@ def test_refused_commands_change_nothing() -> None:
     assert s.leaders[0].node == 1
 
 
+def test_conf_seen_makes_the_record_follow_the_group_and_replans() -> None:
+    s = _cluster(5)
+    apply(s, Join(6, "x:6"))
+    shard, sh = next(iter(sorted(s.movements().items())))
+    old = list(sh.voters)
+    # the learner was added (and promoted) but the metadata never heard of it
+    assert apply(s, ConfSeen(shard, [*old, 6])) is None
+    sh = s.shard_map[shard]
+    assert set(sh.voters) == {*old, 6} and sh.next_step == 0
+    assert [st_.kind.value for st_ in sh.steps][-1] == "remove_voter"
+    check_plan(sh.voters, sh.target, sh.steps)
+    assert apply(s, ConfSeen(shard, [1, 1])) is not None  # nonsense is refused
+
+
 def test_fewer_nodes_than_rf_and_meta_voters_odd() -> None:
     s = _cluster(2, shards=4)
     assert all(len(sh.voters) == 2 for sh in s.shard_map.values())
@@ -135,6 +150,12 @@ commands = st.one_of(
     st.builds(Evict, st.integers(1, 9)),
     st.builds(StepDone, st.integers(0, 7), st.integers(0, 6)),
     st.builds(LeaderSeen, st.integers(0, 7), st.integers(1, 9), st.integers(0, 5)),
+    st.builds(
+        ConfSeen,
+        st.integers(0, 7),
+        st.lists(st.integers(1, 9), min_size=1, max_size=4, unique=True),
+        st.lists(st.integers(1, 9), max_size=1, unique=True),
+    ),
 )
 
 

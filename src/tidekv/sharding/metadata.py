@@ -19,6 +19,9 @@ Commands::
     Evict(node)                          a long-down node leaves the ring (re-replication)
     StepDone(shard, index)               the executor finished step ``index`` of a move
     LeaderSeen(shard, node, term)        a shard leader was observed
+    ConfSeen(shard, voters, learners)    a shard's real configuration differs from the
+                                         record (a step done but not reported before a
+                                         re-plan): the record follows, the move re-plans
 
 Member states: ACTIVE (in the ring) -> DECOMMISSIONING (out of the ring, still holding
 replicas) -> REMOVED; ACTIVE -> EVICTED (down for longer than the re-replication delay;
@@ -48,6 +51,7 @@ __all__ = [
     "MAX_META_VOTERS",
     "ClusterState",
     "Command",
+    "ConfSeen",
     "Create",
     "Decommission",
     "Evict",
@@ -176,8 +180,16 @@ class LeaderSeen(msgspec.Struct, tag=True):
     term: int
 
 
+class ConfSeen(msgspec.Struct, tag=True):
+    """A shard leader's applied configuration (nodes), when it differs from the record."""
+
+    shard: int
+    voters: list[int]
+    learners: list[int] = msgspec.field(default_factory=list)
+
+
 Command: TypeAlias = (
-    Create | Join | Decommission | MarkDown | MarkUp | Evict | StepDone | LeaderSeen
+    Create | Join | Decommission | MarkDown | MarkUp | Evict | StepDone | LeaderSeen | ConfSeen
 )
 
 _cmd_enc = msgspec.msgpack.Encoder()
@@ -227,6 +239,8 @@ def apply(state: ClusterState, cmd: Command) -> str | None:
             _evict(state, cmd)
         elif isinstance(cmd, StepDone):
             _step_done(state, cmd)
+        elif isinstance(cmd, ConfSeen):
+            _conf_seen(state, cmd)
         else:
             _leader_seen(state, cmd)
     except Refused as e:
@@ -359,6 +373,22 @@ def _leader_seen(state: ClusterState, c: LeaderSeen) -> None:
     if seen is not None and c.term < seen.term:
         raise Refused(f"shard {c.shard}: term {c.term} is older than {seen.term}")
     state.leaders[c.shard] = SeenLeader(c.node, c.term)
+
+
+def _conf_seen(state: ClusterState, c: ConfSeen) -> None:
+    st = state.shard_map.get(c.shard)
+    if st is None:
+        raise Refused(f"no shard {c.shard}")
+    if not c.voters or len(set(c.voters)) != len(c.voters) or set(c.voters) & set(c.learners):
+        raise Refused(f"shard {c.shard}: bad configuration {c.voters} / {c.learners}")
+    if set(c.voters) == set(st.voters) and set(c.learners) == set(st.learners):
+        return
+    # the group's own configuration is the truth: the record follows it, and the move
+    # (if any) is planned again from there
+    st.voters = list(c.voters)
+    st.learners = [n for n in c.learners if n not in c.voters]
+    st.next_step = 0
+    _replan(state)
 
 
 def _need_cluster(state: ClusterState) -> None:
