@@ -89,13 +89,47 @@ def test_cli_runs_groups(capsys) -> None:  # type: ignore[no-untyped-def]
 def test_the_simulator_catches_raft_ids_reused_across_incarnations() -> None:
     """Broken on purpose: a host that re-joins a group it left comes back under its old
     Raft id with an empty disk (what "Raft id = node id in every group" would do). The
-    leader's stale view of the old incarnation and the forgotten votes break Raft:
-    seed 98 elects two leaders in one term; others hit the core's "commit out of range"
-    assertion (a heartbeat's commit beyond the new replica's empty log)."""
+    forgotten log and votes, and the leader's stale view of the old incarnation, break
+    Raft: seed 98 elects a leader that lacks a committed entry; seed 20 hits the core's
+    "commit out of range" assertion (a heartbeat's commit beyond the new, empty log)."""
     faults = FaultConfig.parse("all")
-    broken = {s: run_multi(s, faults=faults, reuse_replica_ids=True) for s in (56, 98)}
-    assert broken[98].rule == "election safety", broken[98].violation
-    assert broken[56].rule == "raised RaftLogError", broken[56].violation
-    assert "out of range" in (broken[56].violation or "")
+    broken = {s: run_multi(s, faults=faults, reuse_replica_ids=True) for s in (20, 98)}
+    assert broken[98].rule == "leader completeness", broken[98].violation
+    assert broken[20].rule == "raised RaftLogError", broken[20].violation
+    assert "out of range" in (broken[20].violation or "")
     # the same seeds with a fresh replica id per incarnation are fine
     assert all(run_multi(s, faults=faults).ok for s in broken)
+
+
+@functools.cache
+def _ring_results() -> tuple[MultiResult, ...]:
+    faults = FaultConfig.parse("all")
+    return tuple(
+        run_multi(seed, hosts=(6, 7)[seed % 2], groups=8, faults=faults, ring=True)
+        for seed in range(1, 41)
+    )
+
+
+@pytest.mark.slow
+def test_ring_driven_moves_reach_the_ring_placement() -> None:
+    """The cluster metadata decides: hosts join and are decommissioned, crashed hosts are
+    marked down and evicted after a while; the executor runs each shard's plan through
+    the group's leader. At the end (checked inside each run) every shard's record, its
+    group's real configuration and the ring's placement agree, and every group is safe
+    and linearizable."""
+    results = _ring_results()
+    bad = [r for r in results if not r.ok]
+    assert not bad, _report(bad)
+    total = {k: sum(r.counts.get(k, 0) for r in results) for k in
+             ("joins", "decommissions", "evictions", "moves_done", "conf_seen")}  # fmt: skip
+    assert total["joins"] > len(results) and total["decommissions"] > len(results)
+    assert total["evictions"] > len(results) // 2
+    assert total["moves_done"] > 10 * len(results)
+
+
+def test_ring_mode_replays() -> None:
+    faults = FaultConfig.parse("all")
+    a = run_multi(3, hosts=6, groups=4, faults=faults, ring=True)
+    b = run_multi(3, hosts=6, groups=4, faults=faults, ring=True)
+    assert a.ok and a.digest == b.digest and a.counts == b.counts
+    assert "--ring" in a.replay

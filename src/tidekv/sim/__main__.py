@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tidekv.sim", description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=None, help="run this one seed (verbose)")
     ap.add_argument("--seeds", default=None, help="a range like 1..300, or a list 3,9,12")
-    ap.add_argument("--nodes", type=int, default=5, choices=(3, 5, 7))
+    ap.add_argument("--nodes", type=int, default=5, help="3, 5 or 7 (with --groups: 3..9 hosts)")
     ap.add_argument("--ticks", type=int, default=400, help="ticks of the fault phase")
     ap.add_argument(
         "--liveness-ticks", type=int, default=None, help="default 200 (300 with --groups)"
@@ -47,10 +47,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the transport reports every lost message to its sender",
     )
+    ap.add_argument(
+        "--ring",
+        action="store_true",
+        help="with --groups: the cluster metadata drives the moves (joins, decommissions, "
+        "evictions of hosts down too long)",
+    )
     ap.add_argument("--quiet", action="store_true", help="one line per failure + summary")
     ap.add_argument("--stop-on-failure", action="store_true")
     args = ap.parse_args(argv)
     try:
+        ok_nodes = range(3, 10) if args.groups > 1 else (3, 5, 7)
+        if args.nodes not in ok_nodes or args.groups < 1:
+            raise ValueError(f"--nodes must be one of {list(ok_nodes)}; --groups at least 1")
         faults = FaultConfig.parse(args.faults)
         if args.seed is not None:
             seeds = [args.seed]
@@ -65,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         from tidekv.sim.multigroup import MultiConfig
         from tidekv.sim.multirunner import run_multi_seeds
 
-        mcfg = MultiConfig(hosts=args.nodes, groups=args.groups, ticks=args.ticks, faults=faults)
+        mcfg = MultiConfig(
+            hosts=args.nodes, groups=args.groups, ticks=args.ticks, faults=faults, ring=args.ring
+        )
         if args.liveness_ticks is not None:
             mcfg.liveness_ticks = args.liveness_ticks
         rep = run_multi_seeds(

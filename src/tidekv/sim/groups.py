@@ -56,6 +56,8 @@ class SimGroup:
     replicas: dict[int, SimNode] = field(default_factory=dict)
     host_of: dict[int, int] = field(default_factory=dict)
     retired: set[int] = field(default_factory=set)
+    #: replica ids seen in a leader's configuration: once out of it, dead for good
+    was_member: set[int] = field(default_factory=set)
     next_rid: int = 1
     move: Move | None = None
     probe_seq: int = 0

@@ -93,6 +93,14 @@ def try_step(mc: MultiCluster, g: SimGroup, mv: Move) -> bool:
 
     if k is StepKind.ADD_LEARNER:
         rid = mv.rids.get(host)
+        members = r.voters | r.learners
+        g.was_member |= members
+        gone = rid is not None and (
+            rid in g.retired or (rid in g.was_member and rid not in members)
+        )
+        if gone and not mc.cfg.reuse_replica_ids:
+            # that incarnation was removed (maybe not shut down yet): never add its id again
+            rid = None
         if rid is not None and (rid in r.learners or rid in r.voters):
             return True
         if host in mc.down:
@@ -111,10 +119,13 @@ def try_step(mc: MultiCluster, g: SimGroup, mv: Move) -> bool:
         propose(ConfChange(ConfChangeType.ADD_LEARNER, rid))
         return False
     if k is StepKind.CATCH_UP:
-        pr = r.prs.get(mv.rids[host])
+        rid = mv.rids.get(host)
+        pr = r.prs.get(rid) if rid is not None else None
         return pr is not None and pr.match >= r.log.committed
     if k is StepKind.PROMOTE:
-        rid = mv.rids[host]
+        rid = mv.rids.get(host)
+        if rid is None:
+            return False  # no such learner: the record is stale (ConfSeen re-plans)
         if rid in r.voters:
             return True
         propose(ConfChange(ConfChangeType.ADD_VOTER, rid))
@@ -130,7 +141,11 @@ def try_step(mc: MultiCluster, g: SimGroup, mv: Move) -> bool:
             rn.transfer_leader((prefer or heirs)[0])
             ld.pump(mc.now)
         return False
-    # REMOVE_VOTER / REMOVE_LEARNER
+    # REMOVE_VOTER / REMOVE_LEARNER. Absence is proof only when no membership change is
+    # pending: an add still in the log (this leader's, or one it inherited) may commit
+    # after we looked, and the replica must not be shut down under it.
+    if r.pending_conf_index > r.log.applied:
+        return False
     if old is None or (old not in r.voters and old not in r.learners):
         if old is not None:
             mc.retire(g, old)  # out of the committed configuration: shut it down

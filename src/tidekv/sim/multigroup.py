@@ -44,6 +44,7 @@ from tidekv.raft import (
 )
 from tidekv.sharding.ring import Ring
 from tidekv.sim.cluster import TICK
+from tidekv.sim.control import RingControl
 from tidekv.sim.faults import FaultConfig, gate
 from tidekv.sim.groups import (
     Envelope,
@@ -81,13 +82,16 @@ class MultiConfig:
     #: group it left again comes back under its old Raft id (with an empty disk), as it
     #: would if Raft ids were node ids
     reuse_replica_ids: bool = False
+    #: the cluster metadata decides the moves: joins, decommissions, evictions of hosts
+    #: down too long (tidekv.sim.control); off: random replacements
+    ring: bool = False
 
 
 def replay_command(cfg: MultiConfig) -> str:
     return (
         f"python -m tidekv.sim --groups {cfg.groups} --nodes {cfg.hosts} --seed {cfg.seed} "
         f"--ticks {cfg.ticks} --liveness-ticks {cfg.liveness_ticks} "
-        f"--faults {cfg.faults.spec()}"
+        f"--faults {cfg.faults.spec()}" + (" --ring" if cfg.ring else "")
     )
 
 
@@ -158,8 +162,14 @@ class MultiCluster:
         self.moves_off_down = 0
         self.move_ticks: list[float] = []
         self.groups: dict[int, SimGroup] = {}
-        placement = Ring(dict.fromkeys(self.hosts, 1)).place(config.groups, REPLICATION)
-        for gid, hosts in enumerate(placement.replicas):
+        self.control: RingControl | None = None
+        if config.ring:
+            self.control = RingControl(self, self.hosts, config.groups)
+            placement = self.control.placement()
+        else:
+            ring = Ring(dict.fromkeys(self.hosts, 1))
+            placement = list(ring.place(config.groups, REPLICATION).replicas)
+        for gid, hosts in enumerate(placement):
             self._make_group(gid, hosts)
         for h in self.hosts:
             self._schedule(self.node_rng.randint(1, self.periods[h]), "tick", 0, h)
@@ -303,7 +313,10 @@ class MultiCluster:
             self._crash_host(victim)
             self._schedule(self.now + rng.randint(5, 60) * TICK, "restart", 0, victim)
         elif act == "move":
-            start_move(self, rng)
+            if self.control is not None:
+                self.control.membership(rng)
+            else:
+                start_move(self, rng)
         elif act == "transfer":
             g = self.groups[rng.choice(sorted(self.groups))]
             ld = leader_of(g)
@@ -325,6 +338,8 @@ class MultiCluster:
     def _crash_host(self, host: int) -> None:
         self.down.add(host)
         self.trace(f"{self.now}|crash|{host};")
+        if self.control is not None:
+            self.control.host_down(host)
         for g in self.groups.values():
             for rid, h in g.host_of.items():
                 if h == host and rid not in g.retired:
@@ -334,6 +349,8 @@ class MultiCluster:
         if host not in self.down:
             return
         self.down.discard(host)
+        if self.control is not None:
+            self.control.host_up(host)
         for g in self.groups.values():
             for rid, h in g.host_of.items():
                 if h == host and rid not in g.retired:
@@ -397,7 +414,10 @@ class MultiCluster:
                 self._fault()
                 self._schedule(self.now + self.fault_rng.randint(2, 12) * TICK, "fault")
         elif kind == "mover":
-            advance_moves(self)
+            if self.control is not None:
+                self.control.tick()
+            else:
+                advance_moves(self)
             if self.phase != "done":
                 self._schedule(self.now + TICK, "mover")
         elif kind == "heal_partition":
@@ -478,7 +498,8 @@ class MultiCluster:
         return True
 
     def _liveness_probe(self) -> None:
-        if all([self._group_live(g) for g in self.groups.values()]):
+        live = all([self._group_live(g) for g in self.groups.values()])
+        if live and (self.control is None or self.control.settled()):
             self.phase = "done"
             return
         self._schedule(self.now + TICK, "probe")
@@ -498,9 +519,17 @@ class MultiCluster:
             self._run_until(self.now + cfg.liveness_ticks * TICK)
             if self.phase != "done":
                 stuck = [f"group {g.gid}: {g.why}" for g in self.groups.values() if not g.converged]
+                if self.control is not None:
+                    stuck += [
+                        f"shard {s}: {'blocked: ' + sh.blocked if sh.blocked else 'moving'} "
+                        f"at step {sh.next_step} of {[str(x) for x in sh.steps]}"
+                        for s, sh in sorted(self.control.state.movements().items())
+                    ]
                 raise SafetyViolation(
                     "liveness", f"within {cfg.liveness_ticks} ticks of healing: {stuck}"
                 )
+            if self.control is not None:
+                self.control.check_final()
             for g in self.groups.values():
                 g.workload.stop()
                 g.workload.give_up_all(self.now)
@@ -531,6 +560,9 @@ class MultiCluster:
         counts["moves_done"] = self.moves_done
         counts["moves_off_down"] = self.moves_off_down
         counts["snapshots"] = self.snapshots
+        if self.control is not None:
+            counts.update(self.control.counts)
+            counts["moves_started"] = counts["moves_done"] + len(self.control.state.movements())
         counts["replicas_created"] = sum(len(g.replicas) for g in self.groups.values())
         counts["messages"] = self.network.sent
         counts["crashes"] = sum(

@@ -50,6 +50,16 @@ class MultiReport:
                 f"{total.get('crashes', 0)}",
                 f"move duration (ticks, first step to last): {moves}",
             ]
+            + (
+                [
+                    f"ring: joins {total.get('joins', 0)}  decommissions "
+                    f"{total.get('decommissions', 0)}  evictions {total.get('evictions', 0)}  "
+                    f"ConfSeen {total.get('conf_seen', 0)}  zombie members removed "
+                    f"{total.get('zombies', 0)}"
+                ]
+                if "joins" in total
+                else []
+            )
         )
 
 
