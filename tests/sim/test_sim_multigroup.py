@@ -5,7 +5,8 @@ Every group's safety invariants are checked after every step and its client hist
 linearizability at the end; the healed cluster must converge and finish every move.
 The larger run is a documented command (docs/sharding.md):
 
-    python -m tidekv.sim --groups 8 --nodes 5 --seeds 1..2000 --quiet
+    python -m tidekv.sim --groups 8 --nodes 5 --seeds 1..1000 --quiet
+    python -m tidekv.sim --groups 8 --nodes 7 --ring --seeds 1..300 --quiet
 """
 
 from __future__ import annotations

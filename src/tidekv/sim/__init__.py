@@ -10,7 +10,8 @@ Modules: ``network`` (deliveries), ``node`` (the Ready loop and the disk),
 step), ``workload`` (clients and their history), ``faults`` (what to inject, what the
 core supports), ``cluster`` (one run), ``runner`` (many seeds, summaries).
 Many groups on shared hosts (``--groups``): ``multigroup`` (one run), ``groups`` (one
-group and its checks), ``mover`` (shard moves), ``multirunner`` (many seeds).
+group and its checks), ``mover`` (shard moves), ``control`` (moves decided by the
+cluster metadata, ``--ring``), ``multirunner`` (many seeds).
 """
 
 from __future__ import annotations
