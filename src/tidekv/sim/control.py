@@ -60,6 +60,8 @@ class RingControl:
         err = apply(self.state, Create("sim", shards, [(h, f"h{h}", 1) for h in ring_hosts]))
         assert err is None, err
         self.counts = {"joins": 0, "decommissions": 0, "evictions": 0, "conf_seen": 0}
+        #: (group, replica id) of members found without a replica
+        self.zombies: set[tuple[int, int]] = set()
 
     def placement(self) -> list[tuple[int, ...]]:
         return [tuple(self.state.shard_map[s].voters) for s in range(self.state.shards)]
@@ -154,14 +156,17 @@ class RingControl:
         if ld is None or ld.rawnode is None:
             return False
         rn = ld.rawnode
+        if rn.raft.pending_conf_index > rn.raft.log.applied:
+            return False  # a removal the leader has not applied yet is no zombie
         zombies = sorted((rn.raft.voters | rn.raft.learners) & g.retired)
         if not zombies:
             return False
-        self.counts["zombies"] = self.counts.get("zombies", 0) + 1
-        if rn.raft.pending_conf_index <= rn.raft.log.applied:
-            with contextlib.suppress(ProposalDropped):
-                rn.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, zombies[0]))
-                ld.pump(self.mc.now)
+        self.zombies.update((g.gid, z) for z in zombies)
+        self.counts["zombies"] = len(self.zombies)
+        g.removal_proposed.update(zombies)
+        with contextlib.suppress(ProposalDropped):
+            rn.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, zombies[0]))
+            ld.pump(self.mc.now)
         return True
 
     def _reconcile(self, gid: int, g: SimGroup) -> None:

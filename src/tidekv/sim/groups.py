@@ -58,6 +58,8 @@ class SimGroup:
     retired: set[int] = field(default_factory=set)
     #: replica ids seen in a leader's configuration: once out of it, dead for good
     was_member: set[int] = field(default_factory=set)
+    #: replica ids whose removal was ever proposed: never to be added again
+    removal_proposed: set[int] = field(default_factory=set)
     next_rid: int = 1
     move: Move | None = None
     probe_seq: int = 0
