@@ -126,7 +126,8 @@ def test_ring_driven_moves_reach_the_ring_placement() -> None:
     assert total["joins"] > len(results) and total["decommissions"] > len(results)
     assert total["evictions"] > len(results) // 2
     assert total["moves_done"] > 10 * len(results)
-    # with the executor's rules no member ever lost its replica (docs/sharding.md)
+    # with the executor's rules no member lost its replica in these seeds (one did in the
+    # 300-seed run, docs/sharding.md: the executor removed it)
     assert sum(r.counts.get("zombies", 0) for r in results) == 0
 
 
