@@ -137,7 +137,7 @@ class RingControl:
             if mv is None or mv.steps != sh.steps or mv.next != sh.next_step:
                 mv = g.move = Move(list(sh.steps), mc.now, sh.next_step, {},
                                    mv.last_try if mv else -(10**9))  # fmt: skip
-            mv.rids.update(live)
+            mv.rids = live  # rebuilt every time: a stale entry would name a dead replica
             if not try_step(mc, g, mv):
                 break
             mc.trace(f"{mc.now}|step|{gid}|{sh.steps[sh.next_step]};")

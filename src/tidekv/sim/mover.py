@@ -124,10 +124,13 @@ def try_step(mc: MultiCluster, g: SimGroup, mv: Move) -> bool:
         return pr is not None and pr.match >= r.log.committed
     if k is StepKind.PROMOTE:
         rid = mv.rids.get(host)
-        if rid is None:
-            return False  # no such learner: the record is stale (ConfSeen re-plans)
-        if rid in r.voters:
+        if rid is not None and rid in r.voters:
             return True
+        if rid is None or rid not in r.learners:
+            # only a current learner is promoted: ADD_VOTER of anything else would add a
+            # voter with no log, or bring back a removed incarnation (the record is stale;
+            # ConfSeen re-plans)
+            return False
         propose(ConfChange(ConfChangeType.ADD_VOTER, rid))
         return False
     old = g.live_rid_on(host)
