@@ -9,6 +9,9 @@ Modules: ``network`` (deliveries), ``node`` (the Ready loop and the disk),
 ``statemachine`` (the replicated register), ``invariants`` (Raft safety, checked every
 step), ``workload`` (clients and their history), ``faults`` (what to inject, what the
 core supports), ``cluster`` (one run), ``runner`` (many seeds, summaries).
+Many groups on shared hosts (``--groups``): ``multigroup`` (one run), ``groups`` (one
+group and its checks), ``mover`` (shard moves), ``control`` (moves decided by the
+cluster metadata, ``--ring``), ``multirunner`` (many seeds).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
     python -m tidekv.sim --seed 7 --nodes 5 --ticks 400 --faults all
     python -m tidekv.sim --seeds 1..300 --faults all --quiet
     python -m tidekv.sim --seeds 1..10000 --faults all --quiet     # the long run
+    python -m tidekv.sim --groups 8 --nodes 5 --seeds 1..300 --quiet  # groups on shared hosts
 
 Exit code 0 when every seed passed, 1 when any seed broke a safety or liveness property
 (its replay command is printed), 2 on bad arguments.
@@ -22,9 +23,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tidekv.sim", description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=None, help="run this one seed (verbose)")
     ap.add_argument("--seeds", default=None, help="a range like 1..300, or a list 3,9,12")
-    ap.add_argument("--nodes", type=int, default=5, choices=(3, 5, 7))
+    ap.add_argument("--nodes", type=int, default=5, help="3, 5 or 7 (with --groups: 3..9 hosts)")
     ap.add_argument("--ticks", type=int, default=400, help="ticks of the fault phase")
-    ap.add_argument("--liveness-ticks", type=int, default=200)
+    ap.add_argument(
+        "--liveness-ticks", type=int, default=None, help="default 200 (300 with --groups)"
+    )
+    ap.add_argument(
+        "--groups",
+        type=int,
+        default=1,
+        help="more than 1: that many Raft groups share the --nodes hosts and move replicas "
+        "(tidekv.sim.multigroup)",
+    )
     ap.add_argument("--faults", default="all", help="all, none, or a list: net,partition,...")
     ap.add_argument(
         "--lease",
@@ -37,10 +47,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the transport reports every lost message to its sender",
     )
+    ap.add_argument(
+        "--ring",
+        action="store_true",
+        help="with --groups: the cluster metadata drives the moves (joins, decommissions, "
+        "evictions of hosts down too long)",
+    )
     ap.add_argument("--quiet", action="store_true", help="one line per failure + summary")
     ap.add_argument("--stop-on-failure", action="store_true")
     args = ap.parse_args(argv)
     try:
+        ok_nodes = range(3, 10) if args.groups > 1 else (3, 5, 7)
+        if args.nodes not in ok_nodes or args.groups < 1:
+            raise ValueError(f"--nodes must be one of {list(ok_nodes)}; --groups at least 1")
         faults = FaultConfig.parse(args.faults)
         if args.seed is not None:
             seeds = [args.seed]
@@ -51,6 +70,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.groups > 1:
+        from tidekv.sim.multigroup import MultiConfig
+        from tidekv.sim.multirunner import run_multi_seeds
+
+        mcfg = MultiConfig(
+            hosts=args.nodes, groups=args.groups, ticks=args.ticks, faults=faults, ring=args.ring
+        )
+        if args.liveness_ticks is not None:
+            mcfg.liveness_ticks = args.liveness_ticks
+        rep = run_multi_seeds(
+            seeds,
+            mcfg,
+            verbose=args.seed is not None and not args.quiet,
+            stop_on_failure=args.stop_on_failure,
+            out=sys.stdout,
+        )
+        return 0 if rep.ok else 1
     caps = capabilities()
     missing = [k for k, v in caps.items() if not v]
     if missing and not args.quiet:
@@ -58,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SimConfig(
         nodes=args.nodes,
         ticks=args.ticks,
-        liveness_ticks=args.liveness_ticks,
+        liveness_ticks=200 if args.liveness_ticks is None else args.liveness_ticks,
         faults=faults,
         lease=args.lease,
         report_unreachable=args.report_unreachable,

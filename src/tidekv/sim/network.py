@@ -14,10 +14,23 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-from tidekv.raft import Message
+__all__ = ["Addressed", "Delivery", "NetConfig", "Network"]
 
-__all__ = ["Delivery", "NetConfig", "Network"]
+
+class Addressed(Protocol):
+    """What the network carries: anything with a sender and a receiver (a Raft
+    ``Message``, or the multi-group simulator's envelope naming hosts)."""
+
+    @property
+    def frm(self) -> int: ...
+
+    @property
+    def to(self) -> int: ...
+
+
+M = TypeVar("M", bound=Addressed)
 
 
 @dataclass(slots=True)
@@ -34,26 +47,26 @@ class NetConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(Generic[M]):
     time: int
     seq: int
-    msg: Message
+    msg: M
 
 
-class Network:
+class Network(Generic[M]):
     """A seeded, lossy, reordering network between node ids."""
 
     def __init__(
         self,
         rng: random.Random,
         config: NetConfig | None = None,
-        on_drop: Callable[[Message], None] | None = None,
+        on_drop: Callable[[M], None] | None = None,
     ) -> None:
         self.rng = rng
         #: told about every lost message (a transport learns that a send failed)
         self.on_drop = on_drop
         self.config = config or NetConfig()
-        self._queue: list[tuple[int, int, Message]] = []
+        self._queue: list[tuple[int, int, M]] = []
         self._seq = 0
         #: directed links that drop everything: (from, to)
         self.blocked: set[tuple[int, int]] = set()
@@ -99,11 +112,11 @@ class Network:
             return rng.randint(cfg.max_delay, max(cfg.max_delay, cfg.slow_delay))
         return rng.randint(cfg.min_delay, cfg.max_delay)
 
-    def _push(self, time: int, msg: Message) -> None:
+    def _push(self, time: int, msg: M) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (time, self._seq, msg))
 
-    def send(self, now: int, msg: Message) -> None:
+    def send(self, now: int, msg: M) -> None:
         cfg = self.config
         rng = self.rng
         self.sent += 1
@@ -118,7 +131,7 @@ class Network:
             self.duplicated += 1
             self._push(start + self._delay(), msg)
 
-    def _lost(self, msg: Message) -> None:
+    def _lost(self, msg: M) -> None:
         self.dropped += 1
         if self.on_drop is not None:
             self.on_drop(msg)
@@ -126,7 +139,7 @@ class Network:
     def next_time(self) -> int | None:
         return self._queue[0][0] if self._queue else None
 
-    def pop(self) -> Delivery | None:
+    def pop(self) -> Delivery[M] | None:
         """The next delivery (None if the link was cut meanwhile: the message is lost)."""
         time, seq, msg = heapq.heappop(self._queue)
         if (msg.frm, msg.to) in self.blocked:

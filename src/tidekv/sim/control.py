@@ -1,0 +1,210 @@
+"""Ring-driven moves for the multi-group simulator: the cluster metadata decides.
+
+With ``MultiConfig.ring`` the groups are the shards of a :class:`ClusterState`
+(:mod:`tidekv.sharding.metadata`), applied here in one place (its own replication is the
+metadata group's business, a later stage). What the simulation does becomes commands:
+
+* the ``membership`` fault joins a spare host (``Join``) or decommissions a ring member
+  (``Decommission``); the metadata re-plans every shard whose target changed;
+* a host crash is ``MarkDown(host, now)``, its restart ``MarkUp``; every tick
+  :func:`~tidekv.sharding.metadata.evictions` evicts hosts down longer than
+  ``down_after`` (re-replication);
+* the executor (:func:`tidekv.sim.mover.try_step`) runs each shard's next step through
+  the group's leader and reports ``StepDone``; a group leader whose applied configuration
+  differs from the record reports ``ConfSeen`` (the group is the truth).
+
+At the end every shard's record, its group's real configuration and the ring's
+placement of the ring members must agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import TYPE_CHECKING
+
+from tidekv.raft import ConfChange, ConfChangeType, ProposalDropped
+from tidekv.sharding.metadata import (
+    ClusterState,
+    ConfSeen,
+    Create,
+    Decommission,
+    Join,
+    MarkDown,
+    MarkUp,
+    MemberState,
+    StepDone,
+    apply,
+    evictions,
+)
+from tidekv.sharding.ring import Ring
+from tidekv.sim.cluster import TICK
+from tidekv.sim.groups import Move, SimGroup, leader_of
+from tidekv.sim.invariants import SafetyViolation
+from tidekv.sim.mover import try_step
+
+if TYPE_CHECKING:
+    from tidekv.sim.multigroup import MultiCluster
+
+__all__ = ["RingControl"]
+
+DOWN_AFTER = 40 * TICK
+"""How long a host is down before its replicas are re-created elsewhere."""
+
+
+class RingControl:
+    def __init__(self, mc: MultiCluster, hosts: list[int], shards: int) -> None:
+        self.mc = mc
+        self.state = ClusterState()
+        ring_hosts = hosts[:-1]  # the last host starts as a spare, outside the ring
+        err = apply(self.state, Create("sim", shards, [(h, f"h{h}", 1) for h in ring_hosts]))
+        assert err is None, err
+        self.counts = {"joins": 0, "decommissions": 0, "evictions": 0, "conf_seen": 0}
+        #: (group, replica id) of members found without a replica
+        self.zombies: set[tuple[int, int]] = set()
+
+    def placement(self) -> list[tuple[int, ...]]:
+        return [tuple(self.state.shard_map[s].voters) for s in range(self.state.shards)]
+
+    def _apply(self, cmd: object) -> str | None:
+        err = apply(self.state, cmd)  # type: ignore[arg-type]
+        self.mc.trace(f"{self.mc.now}|meta|{cmd}|{err};")
+        return err
+
+    # -- what happens to hosts ------------------------------------------------------------
+
+    def membership(self, rng: random.Random) -> None:
+        st = self.state
+        members = st.members
+        spare = [h for h in self.mc.hosts if h not in members
+                 or members[h].state is MemberState.REMOVED]  # fmt: skip
+        ring = sorted(st.ring_members())
+        choices = []
+        if spare:
+            choices.append("join")
+        if len(ring) > 3 and not any(
+            m.state is MemberState.DECOMMISSIONING for m in members.values()
+        ):
+            choices.append("decommission")
+        if not choices:
+            return
+        if rng.choice(choices) == "join":
+            h = rng.choice(spare)
+            if self._apply(Join(h, f"h{h}")) is None:
+                self.counts["joins"] += 1
+                if h in self.mc.down:
+                    self._apply(MarkDown(h, self.mc.now))
+        else:
+            if self._apply(Decommission(rng.choice(ring))) is None:
+                self.counts["decommissions"] += 1
+
+    def host_down(self, host: int) -> None:
+        if host in self.state.members:
+            self._apply(MarkDown(host, self.mc.now))
+
+    def host_up(self, host: int) -> None:
+        if host in self.state.members:
+            self._apply(MarkUp(host, self.mc.now))
+
+    # -- the executor ---------------------------------------------------------------------
+
+    def tick(self) -> None:
+        mc = self.mc
+        if mc.phase == "chaos":
+            for ev in evictions(self.state, mc.now, DOWN_AFTER):
+                if self._apply(ev) is None:
+                    self.counts["evictions"] += 1
+        for gid, g in sorted(mc.groups.items()):
+            self._run_group(gid, g)
+
+    def _run_group(self, gid: int, g: SimGroup) -> None:
+        mc = self.mc
+        if self._remove_zombies(g):
+            return
+        for _ in range(16):  # steps that are already done confirm at once
+            sh = self.state.shard_map[gid]
+            if not sh.moving or sh.blocked:
+                break
+            # which replica stands for which host: members of the leader's configuration,
+            # and replicas created for an add that has not shown up yet
+            live = {h: r for r, h in g.host_of.items()
+                    if r not in g.retired and r not in g.was_member}  # fmt: skip
+            ld = leader_of(g)
+            if ld is not None and ld.rawnode is not None:
+                cur = ld.rawnode.raft
+                live.update({g.host_of[r]: r for r in cur.voters | cur.learners})
+            mv = g.move
+            if mv is None or mv.steps != sh.steps or mv.next != sh.next_step:
+                mv = g.move = Move(list(sh.steps), mc.now, sh.next_step, {},
+                                   mv.last_try if mv else -(10**9))  # fmt: skip
+            mv.rids = live  # rebuilt every time: a stale entry would name a dead replica
+            if not try_step(mc, g, mv):
+                break
+            mc.trace(f"{mc.now}|step|{gid}|{sh.steps[sh.next_step]};")
+            err = self._apply(StepDone(gid, sh.next_step))
+            assert err is None, err
+            if not self.state.shard_map[gid].moving:
+                mc.moves_done += 1
+        if not self.state.shard_map[gid].moving:
+            g.move = None
+        self._reconcile(gid, g)
+
+    def _remove_zombies(self, g: SimGroup) -> bool:
+        """A member whose replica is gone (it applied an earlier removal of its id) can
+        never catch up: take it out of the configuration before anything else."""
+        ld = leader_of(g)
+        if ld is None or ld.rawnode is None:
+            return False
+        rn = ld.rawnode
+        if rn.raft.pending_conf_index > rn.raft.log.applied:
+            return False  # a removal the leader has not applied yet is no zombie
+        zombies = sorted((rn.raft.voters | rn.raft.learners) & g.retired)
+        if not zombies:
+            return False
+        self.zombies.update((g.gid, z) for z in zombies)
+        self.counts["zombies"] = len(self.zombies)
+        g.removal_proposed.update(zombies)
+        with contextlib.suppress(ProposalDropped):
+            rn.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, zombies[0]))
+            ld.pump(self.mc.now)
+        return True
+
+    def _reconcile(self, gid: int, g: SimGroup) -> None:
+        ld = leader_of(g)
+        if ld is None or ld.rawnode is None:
+            return
+        r = ld.rawnode.raft
+        g.was_member |= r.voters | r.learners
+        if r.pending_conf_index <= r.log.applied:
+            # out of a configuration whose change committed: shut those replicas down
+            for rid in sorted(g.was_member - r.voters - r.learners - g.retired):
+                mc = self.mc
+                mc.retire(g, rid)
+        voters = sorted(g.host_of[v] for v in r.voters)
+        learners = sorted(g.host_of[n] for n in r.learners)
+        sh = self.state.shard_map[gid]
+        differs = set(voters) != set(sh.voters) or set(learners) != set(sh.learners)
+        if differs and self._apply(ConfSeen(gid, voters, learners)) is None:
+            self.counts["conf_seen"] += 1
+            g.move = None
+
+    # -- the end --------------------------------------------------------------------------
+
+    def settled(self) -> bool:
+        return not self.state.movements()
+
+    def check_final(self) -> None:
+        """Record, real configuration and ring placement agree for every shard."""
+        st = self.state
+        want = Ring(st.ring_members(), st.vnodes).place(st.shards, st.replication)
+        for gid, g in self.mc.groups.items():
+            ld = leader_of(g)
+            assert ld is not None and ld.rawnode is not None
+            real = {g.host_of[v] for v in ld.rawnode.raft.voters}
+            rec = set(st.shard_map[gid].voters)
+            if not real == rec == set(want.replicas[gid]):
+                raise SafetyViolation(
+                    "placement",
+                    f"shard {gid}: group has {sorted(real)}, the metadata {sorted(rec)}, the "
+                    f"ring wants {sorted(want.replicas[gid])}",
+                )
