@@ -1,0 +1,85 @@
+"""The end-of-run checks that are not linearizability, on data the runner collected.
+
+Pure: the runner reads each key's history from the healed cluster and each node's
+state with ``consistency=stale``; these functions only compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Convergence", "Lost", "compare_replicas", "hlc_violations", "lost_writes"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """Acknowledged writes (``acked``) missing from the recovered histories."""
+
+    acked: int
+    missing: tuple[tuple[str, str, Any], ...] = ()  # (key, version, value)
+
+    @property
+    def count(self) -> int:
+        return len(self.missing)
+
+
+def lost_writes(
+    acked: Mapping[str, Mapping[str, Any]], histories: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> Lost:
+    """Every acknowledged version id must appear in its key's recovered history."""
+    missing = []
+    total = 0
+    for key, versions in acked.items():
+        present = {str(v["version"]) for v in histories.get(key, ())}
+        for vid, value in versions.items():
+            total += 1
+            if vid not in present:
+                missing.append((key, vid, value))
+    return Lost(total, tuple(missing))
+
+
+@dataclass(frozen=True, slots=True)
+class Convergence:
+    converged: bool
+    nodes: tuple[int, ...]
+    keys: int
+    #: key -> {node: version or None}, for every key on which the nodes differ
+    differences: dict[str, dict[int, str | None]] = field(default_factory=dict)
+
+
+def compare_replicas(states: Mapping[int, Mapping[str, str]]) -> Convergence:
+    """``states``: node -> {key: current version}. Converged when all maps are equal."""
+    nodes = tuple(sorted(states))
+    keys = sorted({k for s in states.values() for k in s})
+    diff: dict[str, dict[int, str | None]] = {}
+    for k in keys:
+        seen = {n: states[n].get(k) for n in nodes}
+        if len(set(seen.values())) > 1:
+            diff[k] = seen
+    return Convergence(not diff and len(nodes) > 0, nodes, len(keys), diff)
+
+
+def _hlc(text: str) -> tuple[int, int]:
+    wall, _, logical = str(text).partition(".")
+    return int(wall), int(logical or 0)
+
+
+def hlc_violations(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> list[tuple[str, str, str]]:
+    """Versions whose HLC time is not after a parent's: ``(key, version, parent)``.
+
+    A child is written after its parents, so its time stamp must be larger, whatever the
+    writing node's wall clock did (the HLC's monotonicity, seen from the data).
+    """
+    bad = []
+    for key, versions in histories.items():
+        by_id = {str(v["version"]): v for v in versions}
+        for v in versions:
+            for parent in v.get("parents", ()):
+                p = by_id.get(str(parent))
+                if p is not None and _hlc(v["hlc"]) <= _hlc(p["hlc"]):
+                    bad.append((key, str(v["version"]), str(parent)))
+    return bad
