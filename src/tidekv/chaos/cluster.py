@@ -4,10 +4,9 @@ Each node is ``python -m tidekv serve`` (``tide serve``) started in its network 
 (:mod:`tidekv.chaos.net`), logging to ``<root>/n<i>.log``. Two optional per-node
 facilities, used only when the run asks for them and the machine has them:
 
-* a clock offset through libfaketime (``LD_PRELOAD``): the node's wall clock
-  (``CLOCK_REALTIME``, which its HLC reads) is shifted by the offset in
-  ``<root>/n<i>.faketime``, re-read every second; the monotonic clock (timers, Raft
-  ticks) is left alone, so only the HLC's physical source jumps;
+* a clock offset: the node runs under :mod:`tidekv.chaos.skewed_node`, whose HLC
+  physical clock is the wall clock plus the offset in ``<root>/n<i>.clock`` (seconds);
+  the monotonic clock (timers, Raft ticks) is left alone;
 * a small tmpfs mounted on the data directory, which the disk-full fault fills with a
   file and empties at heal.
 """
@@ -26,20 +25,7 @@ from typing import Any, Protocol
 
 import httpx
 
-__all__ = ["FAKETIME_LIB", "Cluster", "Place", "find_faketime"]
-
-FAKETIME_LIB = (
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/faketime/libfaketime.so.1",
-)
-
-
-def find_faketime() -> str | None:
-    for p in FAKETIME_LIB:
-        if os.path.exists(p):
-            return p
-    return None
+__all__ = ["Cluster", "Place"]
 
 
 class Place(Protocol):
@@ -59,7 +45,7 @@ class Cluster:
         *,
         engine: str = "lsm",
         tick_ms: int = 50,
-        faketime: str | None = None,
+        clocks: bool = False,
         disk_mb: int = 0,
     ) -> None:
         self.root = root
@@ -67,7 +53,7 @@ class Cluster:
         self.place = place
         self.engine = engine
         self.tick_ms = tick_ms
-        self.faketime = faketime
+        self.clocks = clocks
         self.disk_mb = disk_mb
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.paused: set[int] = set()
@@ -86,7 +72,7 @@ class Cluster:
         return self.root / f"n{i}"
 
     def clock_file(self, i: int) -> Path:
-        return self.root / f"n{i}.faketime"
+        return self.root / f"n{i}.clock"
 
     def peers_spec(self) -> str:
         return ",".join(f"{i}={self.place.address(i)}" for i in self.ids)
@@ -94,6 +80,8 @@ class Cluster:
     # -- lifecycle ------------------------------------------------------------------------
 
     def prepare(self) -> None:
+        """Fresh data directories (a previous run's in the same place are removed)."""
+        shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
         for i in self.ids:
             d = self.data_dir(i)
@@ -106,15 +94,15 @@ class Cluster:
                     timeout=30,
                 )
                 self.mounted.append(d)
-            if self.faketime:
-                self.clock_file(i).write_text("+0\n")
+            if self.clocks:
+                self.clock_file(i).write_text("0\n")
 
     def start(self, i: int) -> None:
         assert not self.alive(i)
         cmd = [
             sys.executable,
             "-m",
-            "tidekv",
+            "tidekv.chaos.skewed_node" if self.clocks else "tidekv",
             "serve",
             "--id",
             str(i),
@@ -131,13 +119,8 @@ class Cluster:
             "-v",
         ]
         env = {**os.environ}
-        if self.faketime:
-            env.update(
-                LD_PRELOAD=self.faketime,
-                FAKETIME_TIMESTAMP_FILE=str(self.clock_file(i)),
-                FAKETIME_DONT_FAKE_MONOTONIC="1",
-                FAKETIME_CACHE_DURATION="1",
-            )
+        if self.clocks:
+            env["TIDE_CHAOS_CLOCK_FILE"] = str(self.clock_file(i))
         with open(self.root / f"n{i}.log", "ab") as log:
             log.write(f"=== start at {time.time():.3f}\n".encode())
             log.flush()
@@ -213,10 +196,10 @@ class Cluster:
     # -- clocks and disks -------------------------------------------------------------------
 
     def set_clock(self, i: int, offset_s: float) -> None:
-        if not self.faketime:
-            raise RuntimeError("clock faults need libfaketime")
+        if not self.clocks:
+            raise RuntimeError("clock faults need the nodes started with clocks=True")
         tmp = self.clock_file(i).with_suffix(".tmp")
-        tmp.write_text(f"{offset_s:+.3f}\n")
+        tmp.write_text(f"{offset_s:.3f}\n")
         tmp.replace(self.clock_file(i))
 
     def fill_disk(self, i: int) -> int:

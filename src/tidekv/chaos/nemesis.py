@@ -156,7 +156,7 @@ class Nemesis(threading.Thread):
             c.resume(i)
             with contextlib.suppress(Exception):
                 c.empty_disk(i)
-            if c.faketime:
+            if c.clocks:
                 with contextlib.suppress(Exception):
                     c.set_clock(i, 0.0)
         for i in list(self.killed):

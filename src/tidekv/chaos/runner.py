@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from tidekv.chaos.cluster import Cluster, find_faketime
+from tidekv.chaos.cluster import Cluster
 from tidekv.chaos.history import ClientOp, acknowledged_versions, to_check_operations
 from tidekv.chaos.nemesis import Nemesis
 from tidekv.chaos.net import Loopback, Netns, probe
@@ -181,13 +181,10 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
     notes.append(msg)
 
     kinds = list(opts.kinds) if opts.kinds is not None else list(ALL_KINDS)
-    faketime = find_faketime()
     dropped: dict[str, str] = {}
     for k in kinds:
         if k in NETWORK_KINDS and net is None:
             dropped[k] = "no network namespaces"
-        elif k == "clock-jump" and not faketime:
-            dropped[k] = "libfaketime is not installed (apt-get install libfaketime)"
     disk_why = _can_mount(out) if "disk-full" in kinds else None
     if disk_why:
         dropped["disk-full"] = disk_why
@@ -220,7 +217,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
         place,
         engine=opts.engine,
         tick_ms=opts.tick_ms,
-        faketime=faketime if use_clock else None,
+        clocks=use_clock,
         disk_mb=opts.disk_mb if use_disk else 0,
     )
     wl_opts = WorkloadOptions(

@@ -39,7 +39,7 @@ PROCESS_KINDS = (
     "kill-leader",
     "pause",  # SIGSTOP one node, SIGCONT at heal
     "pause-leader",
-    "clock-jump",  # one node's wall clock jumps (libfaketime), back at heal
+    "clock-jump",  # one node's wall clock jumps (its HLC's physical source), back at heal
     "disk-full",  # one node's data file system filled, emptied at heal
 )
 ALL_KINDS = NETWORK_KINDS + PROCESS_KINDS
