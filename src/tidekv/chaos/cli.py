@@ -28,7 +28,7 @@ def chaos(
     ] = None,
     network: Annotated[str, typer.Option("--network", help="auto, netns or loopback.")] = "auto",
     clients: Annotated[int, typer.Option("--clients")] = 6,
-    keys: Annotated[int, typer.Option("--keys")] = 6,
+    keys: Annotated[int, typer.Option("--keys")] = 10,
     weak_reads: Annotated[
         bool,
         typer.Option(

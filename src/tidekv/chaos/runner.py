@@ -30,9 +30,9 @@ from tidekv.chaos.cluster import Cluster
 from tidekv.chaos.history import ClientOp, acknowledged_versions, to_check_operations
 from tidekv.chaos.nemesis import Nemesis
 from tidekv.chaos.net import Loopback, Netns, probe
-from tidekv.chaos.report import Summary, render_markdown, summarize
+from tidekv.chaos.report import AppliedFault, Summary, render_markdown, summarize
 from tidekv.chaos.schedule import ALL_KINDS, NETWORK_KINDS, ScheduleOptions, generate_schedule
-from tidekv.chaos.verify import compare_replicas, hlc_violations, lost_writes
+from tidekv.chaos.verify import compare_replicas, hlc_violations, lost_writes, resolve_unknown
 from tidekv.chaos.workload import Workload, WorkloadOptions
 from tidekv.check.linearizability import CheckResult, Verdict, check_history
 
@@ -48,7 +48,7 @@ class RunOptions:
     kinds: Sequence[str] | None = None  # None: every kind this machine can do
     network: str = "auto"  # auto | netns | loopback
     clients: int = 6
-    keys: int = 6
+    keys: int = 10
     weak_reads: bool = False
     engine: str = "lsm"
     tick_ms: int = 50
@@ -57,7 +57,7 @@ class RunOptions:
     fault_max: float = 6.0
     quiet_min: float = 1.0
     quiet_max: float = 3.0
-    max_steps: int = 5_000_000
+    max_steps: int = 2_000_000
     disk_mb: int = 256
     argv: Sequence[str] = ()
 
@@ -75,9 +75,12 @@ class RunResult:
     converged: bool
     hlc_violations: int
     crashes: int
+    #: exits not explained by a full disk (a fail-stop on ENOSPC is the intended reaction)
+    unexpected_crashes: int
     report: Path
     plot: Path
     notes: list[str] = field(default_factory=list)
+    faults: list[AppliedFault] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -87,6 +90,7 @@ class RunResult:
             and self.lost == 0
             and self.converged
             and self.hlc_violations == 0
+            and self.unexpected_crashes == 0
         )
 
 
@@ -267,9 +271,20 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
             )
             histories[k] = _eventually(fetch, 30, f"history of {k}")
         convergence = _converge(cluster)
+        ops, settled_failed, settled_applied = resolve_unknown(ops, histories)
+        notes.append(
+            f"unknown writes settled by the recovered histories: {settled_failed} did not "
+            f"happen, {settled_applied} did (at an unknown time)"
+        )
+        with open(out / "history.jsonl", "w") as fh:
+            for op in ops:
+                fh.write(json.dumps(asdict(op)) + "\n")
+        log(f"checking {len(ops)} operations ({notes[-1]})")
+        t_check = time.monotonic()
         check = check_history(
             to_check_operations(ops), max_steps=opts.max_steps, stop_at_first=False
         )
+        log(f"linearizability: {check.verdict.value} in {time.monotonic() - t_check:.1f} s")
         acked = acknowledged_versions(ops)
         lost = lost_writes(acked, histories)
         hlc_bad = hlc_violations(histories)
@@ -290,6 +305,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
         anomaly_text.append(f"diverged: key {key!r}: {diff}")
     for key, vid, parent in hlc_bad[:20]:
         anomaly_text.append(f"hlc: key {key!r} version {vid} is not after its parent {parent}")
+    unexpected = sum(1 for c in crashes if "during disk-full" not in c.what)
     checks = {
         "linearizable": check.verdict.value,
         "anomalies": len(bad_keys),
@@ -297,7 +313,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
         "acked": lost.acked,
         "converged": convergence.converged,
         "hlc_violations": len(hlc_bad),
-        "crashes": len(crashes),
+        "crashes": f"{len(crashes)} ({unexpected} not during disk-full)",
     }
     faults = sorted(nemesis.applied + crashes, key=lambda f: f.start)
     summary = summarize(ops, nemesis.applied, duration, checks)
@@ -330,9 +346,6 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
             anomalies=anomaly_text,
         )
     )
-    with open(out / "history.jsonl", "w") as fh:
-        for op in ops:
-            fh.write(json.dumps(asdict(op)) + "\n")
     result = RunResult(
         seed,
         out,
@@ -345,9 +358,11 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
         convergence.converged,
         len(hlc_bad),
         len(crashes),
+        unexpected,
         report,
         plot,
         notes,
+        list(nemesis.applied),
     )
     log(
         f"{summary.total} operations ({summary.total_ok} ok); "

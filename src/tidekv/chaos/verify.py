@@ -6,11 +6,22 @@ state with ``consistency=stale``; these functions only compare.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["Convergence", "Lost", "compare_replicas", "hlc_violations", "lost_writes"]
+from tidekv.chaos.history import FAIL, INFO, ClientOp
+
+__all__ = [
+    "Convergence",
+    "Lost",
+    "applied_values",
+    "compare_replicas",
+    "hlc_violations",
+    "lost_writes",
+    "resolve_unknown",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +94,35 @@ def hlc_violations(
                 if p is not None and _hlc(v["hlc"]) <= _hlc(p["hlc"]):
                     bad.append((key, str(v["version"]), str(parent)))
     return bad
+
+
+def applied_values(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, set[str]]:
+    """Per key, the value digests of every version in its recovered history."""
+    return {k: {str(v.get("digest", "")) for v in vs} for k, vs in histories.items()}
+
+
+def resolve_unknown(
+    ops: Sequence[ClientOp], histories: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> tuple[list[ClientOp], int, int]:
+    """Settle unknown writes with the recovered histories: ``(ops, failed, applied)``.
+
+    Every applied write leaves a version in its key's history, and every workload value
+    is unique, so an unknown write or cas whose value is in no version of its key
+    certainly did not take effect: it becomes ``fail`` (that it is absent is itself
+    checked: a read that saw its value is then an anomaly). One whose value is there did
+    take effect, at an unknown time, and stays unknown. Without this the checker would
+    have to consider every timed-out write as possibly pending forever.
+    """
+    present = applied_values(histories)
+    out: list[ClientOp] = []
+    failed = applied = 0
+    for op in ops:
+        if op.outcome == INFO and op.kind in ("write", "cas") and op.value is not None:
+            digest = hashlib.sha256(str(op.value).encode()).hexdigest()
+            if digest in present.get(op.key, set()):
+                applied += 1
+            else:
+                failed += 1
+                op = replace(op, outcome=FAIL, error=op.error + " (not in the recovered history)")
+        out.append(op)
+    return out, failed, applied
