@@ -65,6 +65,8 @@ class Nemesis(threading.Thread):
             tail = self.cluster.log_tail(i, 600).strip().splitlines()
             last = tail[-1][:200] if tail else ""
             during = f" during {self.active}" if self.active else ""
+            if "No space left on device" in self.cluster.log_tail(i, 4000):
+                during = " on a full disk (ENOSPC)"
             rec = AppliedFault("crash", t, t, f"n{i} exited with code {code}{during}", last)
             self.crashes.append(rec)
             self.log(f"  {t:6.1f} n{i} exited on its own (code {code}){during}: {last}")
