@@ -222,6 +222,9 @@ def dev_cluster(
         raise typer.Exit(1) from None
 
 
+app.command("chaos")(__import__("tidekv.chaos.cli", fromlist=["chaos"]).chaos)  # docs/chaos.md
+
+
 def main() -> None:
     """The ``tide`` console script: every command, including the node's."""
     from tidekv.cli import main as cli_main

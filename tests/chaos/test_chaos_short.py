@@ -14,33 +14,35 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tidekv.chaos.runner import RunOptions, run
+from tidekv.chaos.runner import RunOptions, RunResult, run
 from tidekv.chaos.schedule import ALL_KINDS, NETWORK_KINDS
 
 pytestmark = pytest.mark.timeout(400)
 
 
-def test_short_run_passes(tmp_path: Path) -> None:
+def _run(**kw: Any) -> tuple[RunResult, str]:
+    """One real run; its result and everything it printed."""
     lines: list[str] = []
-    r = run(
-        RunOptions(
-            nodes=3,
-            duration=45,
-            seed=20261201,
-            out=tmp_path,
-            fault_min=2.0,
-            fault_max=4.0,
-            quiet_min=1.0,
-            quiet_max=2.0,
-            disk_mb=128,
-        ),
-        log=lines.append,
+    result = run(RunOptions(nodes=3, **kw), log=lines.append)
+    return result, "\n".join(lines)
+
+
+def test_short_run_passes(tmp_path: Path) -> None:
+    r, text = _run(
+        duration=45,
+        seed=20261201,
+        out=tmp_path,
+        fault_min=2.0,
+        fault_max=4.0,
+        quiet_min=1.0,
+        quiet_max=2.0,
+        disk_mb=128,
     )
-    text = "\n".join(lines)
-    assert "seed 20261201" in lines[0]
+    assert text.startswith("tide chaos: seed 20261201,")
     assert r.anomalies == 0, r.report.read_text()
     assert r.linearizable == "linearizable", r.report.read_text()
     assert r.lost == 0 and r.acked > 100, r.report.read_text()
@@ -65,22 +67,20 @@ def test_short_run_passes(tmp_path: Path) -> None:
 
 
 def test_weakened_reads_are_caught(tmp_path: Path) -> None:
-    r = run(
-        RunOptions(
-            nodes=3,
-            duration=15,
-            seed=7,
-            out=tmp_path,
-            weak_reads=True,
-            kinds=["partition-one", "partition-leader", "pause"],
-        ),
-        log=lambda s: None,
+    r, text = _run(
+        duration=15,
+        seed=7,
+        out=tmp_path,
+        weak_reads=True,
+        kinds=["partition-one", "partition-leader", "pause"],
     )
+    assert "WEAKENED on purpose" in r.report.read_text()
     assert r.linearizable == "not linearizable"
     assert r.anomalies > 0
     assert not r.ok
-    assert "not linearizable" in r.report.read_text()
-    assert r.lost == 0  # writes were not weakened
+    assert "not linearizable" in text
+    assert "read() ->" in r.report.read_text()  # the checker shows the stale read
+    assert r.lost == 0 and r.converged  # writes were not weakened
 
 
 @pytest.mark.parametrize(
@@ -97,3 +97,18 @@ def test_bad_options_exit_2(args: list[str], message: str) -> None:
     )
     assert p.returncode == 2
     assert message in p.stderr
+
+
+def test_loopback_fallback_runs_process_faults_only(tmp_path: Path) -> None:
+    r, text = _run(
+        duration=10,
+        seed=3,
+        out=tmp_path,
+        network="loopback",
+        kinds=["kill", "pause", "partition-halves"],
+    )
+    assert r.network == "loopback"
+    assert "network: loopback, process faults only" in text
+    assert "fault partition-halves skipped: no network namespaces" in text
+    assert r.faults and {f.kind for f in r.faults} <= {"kill", "pause"}
+    assert r.ok, r.report.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -58,6 +59,9 @@ def chaos(
     if problems:
         typer.echo(f"error: {problems[0]}", err=True)
         raise typer.Exit(2)
+    argv = sys.argv[1:]
+    if argv[:1] == ["chaos"]:  # run as `tide chaos`
+        argv = argv[1:]
     opts = RunOptions(
         nodes=nodes,
         duration=duration,
@@ -70,10 +74,16 @@ def chaos(
         weak_reads=weak_reads,
         engine=engine,
         timeout=timeout,
-        argv=sys.argv[1:],
+        argv=argv,
     )
+    # SIGTERM unwinds like Ctrl-C, so the nodes are stopped and the namespaces removed
+    signal.signal(signal.SIGTERM, _terminate)
     result = run(opts, log=lambda s: typer.echo(s, err=True))
     raise typer.Exit(0 if result.ok else 1)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 app.command()(chaos)

@@ -60,6 +60,8 @@ class Nemesis(threading.Thread):
         return True
 
     def _watch(self) -> None:
+        if self._halt.is_set():
+            return
         for i, code in self.cluster.exited_on_their_own(self.killed).items():
             t = self.now()
             tail = self.cluster.log_tail(i, 600).strip().splitlines()
@@ -103,7 +105,7 @@ class Nemesis(threading.Thread):
                 net.drop_from(node, c.ids)
                 what = f"partition-oneway n{node} hears no one (it still sends)"
             elif f.kind == "slow-net":
-                net.delay(node, f.amount)
+                what = f"slow-net n{node} ({net.slow(node, f.amount)})"
             else:
                 net.partition(f.groups)
             heal = net.heal

@@ -5,9 +5,10 @@ Each node ``i`` lives in the network namespace ``tc<tag>n<i>`` with one veth int
 harness's own namespace (the bridge has ``.254``: the harness's clients reach every
 node directly, as Jepsen's control node does). Partitions are nftables rules in the
 receiving node's namespace (``drop`` from the other side's addresses), so a one-way
-partition is one side's rules only; a slow network is a netem qdisc on the node's
-``eth0``. Everything is removed by :meth:`Netns.teardown`, also after a crash of an
-earlier run with the same tag (``tide chaos --cleanup``).
+partition is one side's rules only; a slow network is a netem delay (or, on a
+kernel without netem, a token-bucket rate limit) on the node's ``eth0``. Everything is
+removed by :meth:`Netns.teardown` (which :meth:`Netns.setup` also runs first, so the
+leftovers of a crashed run with the same tag go too).
 
 When namespaces are not permitted (no root, no ``ip``, a container without
 ``CAP_NET_ADMIN``) :func:`probe` says why and the runner falls back to loopback.
@@ -92,6 +93,7 @@ class Netns:
         self.subnet = subnet
         self.nodes: list[int] = []
         self.bridge = f"tc{tag}br"
+        self.netem: bool | None = None  # found out at the first slow-net fault
 
     def ns(self, i: int) -> str:
         return f"tc{self.tag}n{i}"
@@ -185,25 +187,22 @@ class Netns:
             peers = {n for g in mine for n in g}
             self.drop_from(i, [n for n in self.nodes if n not in peers])
 
-    def delay(self, i: int, ms: float) -> None:
-        _run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.ns(i),
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                "eth0",
-                "root",
-                "netem",
-                "delay",
-                f"{ms:g}ms",
-                f"{ms / 4:g}ms",
-            ]
-        )
+    def slow(self, i: int, ms: float) -> str:
+        """Slow node ``i``'s outgoing packets: a netem delay of ``ms`` (± a quarter) where
+        the kernel has netem, else a 256 kbit/s token bucket (queueing delay); says which."""
+        tc = ["ip", "netns", "exec", self.ns(i), "tc", "qdisc", "add", "dev", "eth0", "root"]
+        if self.netem is None:
+            self.netem = (
+                _run([*tc, "netem", "delay", f"{ms:g}ms", f"{ms / 4:g}ms"], check=False).returncode
+                == 0
+            )
+            if self.netem:
+                return f"netem delay {ms:g} ms"
+        elif self.netem:
+            _run([*tc, "netem", "delay", f"{ms:g}ms", f"{ms / 4:g}ms"])
+            return f"netem delay {ms:g} ms"
+        _run([*tc, "tbf", "rate", "256kbit", "burst", "16kbit", "latency", "2s"])
+        return "tbf 256 kbit/s: this kernel has no netem"
 
     def heal(self) -> None:
         for i in self.nodes:

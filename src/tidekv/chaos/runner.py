@@ -232,6 +232,7 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
     )
     if opts.weak_reads:
         notes.append("WEAKENED on purpose: reads use consistency=stale on any node")
+    nemesis: Nemesis | None = None
     try:
         if net is not None:
             net.setup(cluster.ids)
@@ -243,7 +244,10 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
         workload = Workload([cluster.url(i) for i in cluster.ids], wl_opts, seed, t0)
         nemesis = Nemesis(cluster, net, schedule, workload.now, log)
         nemesis.start()
-        asyncio.run(workload.run(lambda: workload.now() >= opts.duration))
+        # a failed nemesis ends the run at once (its error is raised below)
+        asyncio.run(
+            workload.run(lambda: workload.now() >= opts.duration or nemesis.error is not None)
+        )
         duration = workload.now()
         nemesis.stop()
         nemesis.join(60)
@@ -290,6 +294,9 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
         hlc_bad = hlc_violations(histories)
         crashes = nemesis.crashes
     finally:
+        if nemesis is not None:
+            nemesis.stop()
+            nemesis.join(30)
         cluster.close()
         if net is not None:
             net.teardown()
