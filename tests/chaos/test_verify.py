@@ -37,3 +37,29 @@ def test_hlc_violations() -> None:
         ]
     }
     assert hlc_violations(bad) == [("k", "b", "a")]
+
+
+def test_unknown_writes_are_settled_by_the_recovered_history() -> None:
+    import hashlib
+
+    from tidekv.chaos.history import FAIL, INFO, OK, ClientOp, to_check_operations
+    from tidekv.chaos.verify import resolve_unknown
+    from tidekv.check.linearizability import Verdict, check_history
+
+    def digest(v: int) -> str:
+        return hashlib.sha256(str(v).encode()).hexdigest()
+
+    ops = [
+        ClientOp(0, 1, "write", "k", 0, 1, OK, value=1, version="a"),
+        ClientOp(1, 2, "write", "k", 2, 4, INFO, value=2, error="ReadTimeout"),  # happened
+        ClientOp(2, 3, "write", "k", 2, 4, INFO, value=3, error="ReadTimeout"),  # did not
+        ClientOp(0, 1, "read", "k", 5, 6, OK, value=3),  # ... yet someone read it
+    ]
+    history = {"k": [{"version": "a", "digest": digest(1)}, {"version": "b", "digest": digest(2)}]}
+    settled, failed, applied = resolve_unknown(ops, history)
+    assert (failed, applied) == (1, 1)
+    assert [op.outcome for op in settled] == [OK, INFO, FAIL, OK]
+    assert "not in the recovered history" in settled[2].error
+    # unsettled, the read of 3 is explained by the timed-out write; settled, it is an anomaly
+    assert check_history(to_check_operations(ops)).verdict is Verdict.LINEARIZABLE
+    assert check_history(to_check_operations(settled)).verdict is Verdict.NOT_LINEARIZABLE
