@@ -39,6 +39,7 @@ def chaos(
     ] = False,
     engine: Annotated[str, typer.Option("--engine", "-e")] = "lsm",
     timeout: Annotated[float, typer.Option("--timeout", help="Request timeout (s).")] = 2.0,
+    tick_ms: Annotated[int, typer.Option("--tick-ms", help="The nodes' Raft tick.")] = 50,
 ) -> None:
     """Run a cluster under random faults and check what the clients saw."""
     from tidekv.chaos.runner import RunOptions, run
@@ -54,6 +55,8 @@ def chaos(
         problems.append("--duration must be positive")
     if network not in ("auto", "netns", "loopback"):
         problems.append("--network must be auto, netns or loopback")
+    if tick_ms < 1 or timeout <= 0:
+        problems.append("--tick-ms and --timeout must be positive")
     if clients < 1 or keys < 1:
         problems.append("--clients and --keys must be at least 1")
     if problems:
@@ -74,6 +77,7 @@ def chaos(
         weak_reads=weak_reads,
         engine=engine,
         timeout=timeout,
+        tick_ms=tick_ms,
         argv=argv,
     )
     # SIGTERM unwinds like Ctrl-C, so the nodes are stopped and the namespaces removed
