@@ -63,3 +63,37 @@ def test_unknown_writes_are_settled_by_the_recovered_history() -> None:
     # unsettled, the read of 3 is explained by the timed-out write; settled, it is an anomaly
     assert check_history(to_check_operations(ops)).verdict is Verdict.LINEARIZABLE
     assert check_history(to_check_operations(settled)).verdict is Verdict.NOT_LINEARIZABLE
+
+
+def test_an_applied_unknown_write_is_bounded_by_what_saw_it() -> None:
+    import hashlib
+
+    from tidekv.chaos.history import INFO, OK, ClientOp, to_check_operations
+    from tidekv.chaos.verify import resolve_unknown
+    from tidekv.check.linearizability import Verdict, check_history
+
+    def entry(vid: str, value: int, parents: list[str]) -> dict[str, object]:
+        return {
+            "version": vid,
+            "digest": hashlib.sha256(str(value).encode()).hexdigest(),
+            "parents": parents,
+        }
+
+    history = {"k": [entry("c", 3, ["b"]), entry("b", 2, ["a"]), entry("a", 1, [])]}
+    ops = [
+        ClientOp(0, 1, "write", "k", 0, 1, OK, value=1, version="a"),
+        ClientOp(1, 2, "cas", "k", 2, 9, INFO, value=2, expected=1, error="ReadTimeout"),
+        ClientOp(2, 3, "write", "k", 3, 5, OK, value=3, version="c"),  # after b in the chain
+    ]
+    settled, failed, applied = resolve_unknown(ops, history)
+    assert (failed, applied) == (0, 1)
+    cas = settled[1]
+    assert cas.outcome == OK and cas.complete == 5 and cas.swapped is True and cas.version == "b"
+    assert check_history(to_check_operations(settled)).verdict is Verdict.LINEARIZABLE
+    # the bound only states what the history already implies: same verdicts, found faster
+    late = ClientOp(3, 1, "read", "k", 6, 7, OK, value=1, version="a")
+    assert check_history(to_check_operations([*settled, late])).verdict is Verdict.NOT_LINEARIZABLE
+    assert check_history(to_check_operations([*ops, late])).verdict is Verdict.NOT_LINEARIZABLE
+    # without an acknowledged observer the cas stays unknown
+    alone, _, _ = resolve_unknown(ops[:2], {"k": history["k"][1:]})
+    assert alone[1].outcome == INFO

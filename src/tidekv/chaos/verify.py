@@ -7,11 +7,12 @@ state with ``consistency=stale``; these functions only compare.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tidekv.chaos.history import FAIL, INFO, ClientOp
+from tidekv.chaos.history import FAIL, INFO, OK, ClientOp
 
 __all__ = [
     "Convergence",
@@ -101,6 +102,34 @@ def applied_values(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict
     return {k: {str(v.get("digest", "")) for v in vs} for k, vs in histories.items()}
 
 
+def _observed_by(
+    ops: Sequence[ClientOp], histories: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> dict[tuple[str, str], float]:
+    """Per (key, version): the earliest completion of an acknowledged operation that saw
+    this version or a later one (a read of it, the write that made it, or either of
+    those for a descendant). The version was applied before that instant."""
+    seen: dict[tuple[str, str], float] = {}
+    for op in ops:
+        if op.outcome != OK or not op.version or op.swapped is False:
+            continue
+        k = (op.key, op.version)
+        seen[k] = min(seen.get(k, math.inf), op.complete)
+    best: dict[tuple[str, str], float] = {}
+    for key, versions in histories.items():
+        children: dict[str, list[str]] = {}
+        for v in versions:
+            for parent in v.get("parents", ()):
+                children.setdefault(str(parent), []).append(str(v["version"]))
+        # newest first: every child comes before its parents
+        for v in versions:
+            vid = str(v["version"])
+            t = seen.get((key, vid), math.inf)
+            for c in children.get(vid, ()):
+                t = min(t, best.get((key, c), math.inf))
+            best[(key, vid)] = t
+    return best
+
+
 def resolve_unknown(
     ops: Sequence[ClientOp], histories: Mapping[str, Sequence[Mapping[str, Any]]]
 ) -> tuple[list[ClientOp], int, int]:
@@ -110,19 +139,37 @@ def resolve_unknown(
     is unique, so an unknown write or cas whose value is in no version of its key
     certainly did not take effect: it becomes ``fail`` (that it is absent is itself
     checked: a read that saw its value is then an anomaly). One whose value is there did
-    take effect, at an unknown time, and stays unknown. Without this the checker would
-    have to consider every timed-out write as possibly pending forever.
+    take effect: it swapped, if a cas, and it took effect before any acknowledged
+    operation saw its version or a later one completed; with such an operation it becomes
+    ``ok`` completing at that instant (the true instant lies inside the window, so no
+    linearization is lost), else it stays unknown. Without this the checker would have to
+    consider every timed-out write as possibly pending forever (exponential in them).
     """
-    present = applied_values(histories)
+    present: dict[str, dict[str, str]] = {
+        k: {str(v.get("digest", "")): str(v["version"]) for v in vs}
+        for k, vs in histories.items()
+    }
+    bound = _observed_by(ops, histories)
     out: list[ClientOp] = []
     failed = applied = 0
     for op in ops:
         if op.outcome == INFO and op.kind in ("write", "cas") and op.value is not None:
             digest = hashlib.sha256(str(op.value).encode()).hexdigest()
-            if digest in present.get(op.key, set()):
-                applied += 1
-            else:
+            vid = present.get(op.key, {}).get(digest)
+            if vid is None:
                 failed += 1
                 op = replace(op, outcome=FAIL, error=op.error + " (not in the recovered history)")
+            else:
+                applied += 1
+                t = bound.get((op.key, vid), math.inf)
+                if op.invoke <= t < math.inf:
+                    op = replace(
+                        op,
+                        outcome=OK,
+                        complete=t,
+                        version=vid,
+                        swapped=True if op.kind == "cas" else None,
+                        error=op.error + " (applied: bounded by the recovered history)",
+                    )
         out.append(op)
     return out, failed, applied
