@@ -40,6 +40,9 @@ def chaos(
     engine: Annotated[str, typer.Option("--engine", "-e")] = "lsm",
     timeout: Annotated[float, typer.Option("--timeout", help="Request timeout (s).")] = 2.0,
     tick_ms: Annotated[int, typer.Option("--tick-ms", help="The nodes' Raft tick.")] = 50,
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", help="Checker budget per key (then: undecided).")
+    ] = 2_000_000,
 ) -> None:
     """Run a cluster under random faults and check what the clients saw."""
     from tidekv.chaos.runner import RunOptions, run
@@ -55,8 +58,8 @@ def chaos(
         problems.append("--duration must be positive")
     if network not in ("auto", "netns", "loopback"):
         problems.append("--network must be auto, netns or loopback")
-    if tick_ms < 1 or timeout <= 0:
-        problems.append("--tick-ms and --timeout must be positive")
+    if tick_ms < 1 or timeout <= 0 or max_steps < 1:
+        problems.append("--tick-ms, --timeout and --max-steps must be positive")
     if clients < 1 or keys < 1:
         problems.append("--clients and --keys must be at least 1")
     if problems:
@@ -78,6 +81,7 @@ def chaos(
         engine=engine,
         timeout=timeout,
         tick_ms=tick_ms,
+        max_steps=max_steps,
         argv=argv,
     )
     # SIGTERM unwinds like Ctrl-C, so the nodes are stopped and the namespaces removed

@@ -146,8 +146,7 @@ def resolve_unknown(
     consider every timed-out write as possibly pending forever (exponential in them).
     """
     present: dict[str, dict[str, str]] = {
-        k: {str(v.get("digest", "")): str(v["version"]) for v in vs}
-        for k, vs in histories.items()
+        k: {str(v.get("digest", "")): str(v["version"]) for v in vs} for k, vs in histories.items()
     }
     bound = _observed_by(ops, histories)
     out: list[ClientOp] = []
