@@ -89,6 +89,8 @@ def test_weakened_reads_are_caught(tmp_path: Path) -> None:
         (["--faults", "kill,bogus"], "unknown fault kind 'bogus'"),
         (["--nodes", "0"], "--nodes must be 1 to 9"),
         (["--network", "wifi"], "--network must be auto, netns or loopback"),
+        (["--reads", "stale"], "--reads must be linearizable, lease or follower"),
+        (["--max-steps", "0"], "--max-steps must be positive"),
     ],
 )
 def test_bad_options_exit_2(args: list[str], message: str) -> None:

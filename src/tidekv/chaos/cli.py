@@ -37,6 +37,12 @@ def chaos(
             help="Read with consistency=stale: a broken setup, to show the checker finds it.",
         ),
     ] = False,
+    reads: Annotated[
+        str,
+        typer.Option(
+            "--reads", help="The clients' read consistency: linearizable, lease, follower."
+        ),
+    ] = "linearizable",
     engine: Annotated[str, typer.Option("--engine", "-e")] = "lsm",
     timeout: Annotated[float, typer.Option("--timeout", help="Request timeout (s).")] = 2.0,
     tick_ms: Annotated[int, typer.Option("--tick-ms", help="The nodes' Raft tick.")] = 50,
@@ -60,6 +66,8 @@ def chaos(
         problems.append("--network must be auto, netns or loopback")
     if tick_ms < 1 or timeout <= 0 or max_steps < 1:
         problems.append("--tick-ms, --timeout and --max-steps must be positive")
+    if reads not in ("linearizable", "lease", "follower"):
+        problems.append("--reads must be linearizable, lease or follower (--weak-reads for stale)")
     if clients < 1 or keys < 1:
         problems.append("--clients and --keys must be at least 1")
     if problems:
@@ -78,6 +86,7 @@ def chaos(
         clients=clients,
         keys=keys,
         weak_reads=weak_reads,
+        read_consistency=reads,
         engine=engine,
         timeout=timeout,
         tick_ms=tick_ms,

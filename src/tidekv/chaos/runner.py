@@ -49,7 +49,8 @@ class RunOptions:
     network: str = "auto"  # auto | netns | loopback
     clients: int = 6
     keys: int = 10
-    weak_reads: bool = False
+    weak_reads: bool = False  # reads at consistency=stale (a broken setup, on purpose)
+    read_consistency: str = "linearizable"  # or lease / follower (what the clients read at)
     engine: str = "lsm"
     tick_ms: int = 50
     timeout: float = 2.0
@@ -228,10 +229,12 @@ def run(opts: RunOptions, log: Callable[[str], None] = print) -> RunResult:
         keys=opts.keys,
         clients=opts.clients,
         timeout=opts.timeout,
-        consistency="stale" if opts.weak_reads else "linearizable",
+        consistency="stale" if opts.weak_reads else opts.read_consistency,
     )
     if opts.weak_reads:
         notes.append("WEAKENED on purpose: reads use consistency=stale on any node")
+    elif opts.read_consistency != "linearizable":
+        notes.append(f"reads use consistency={opts.read_consistency}")
     nemesis: Nemesis | None = None
     try:
         if net is not None:
