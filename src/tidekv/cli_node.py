@@ -324,6 +324,9 @@ def _die_with_parent() -> Callable[[], None] | None:
     return arm
 
 
+app.command("chaos")(__import__("tidekv.chaos.cli", fromlist=["chaos"]).chaos)  # docs/chaos.md
+
+
 def main() -> None:
     """The ``tide`` console script: every command, including the node's."""
     from tidekv.cli import main as cli_main

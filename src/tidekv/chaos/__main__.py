@@ -1,0 +1,3 @@
+from tidekv.chaos.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""Lost writes, replica convergence and HLC order, on collected data."""
+
+from __future__ import annotations
+
+from tidekv.chaos.verify import compare_replicas, hlc_violations, lost_writes
+
+
+def test_lost_writes_counts_missing_acknowledged_versions() -> None:
+    acked = {"a": {"v1": 1, "v2": 2}, "b": {"v3": 3}}
+    histories = {"a": [{"version": "v1"}, {"version": "v2"}], "b": []}
+    lost = lost_writes(acked, histories)
+    assert lost.acked == 3 and lost.count == 1 and lost.missing == (("b", "v3", 3),)
+    assert lost_writes(acked, {**histories, "b": [{"version": "v3"}]}).count == 0
+
+
+def test_compare_replicas() -> None:
+    same = {1: {"a": "v1"}, 2: {"a": "v1"}, 3: {"a": "v1"}}
+    assert compare_replicas(same).converged
+    differ = {1: {"a": "v1"}, 2: {"a": "v2"}, 3: {}}
+    c = compare_replicas(differ)
+    assert not c.converged and c.differences == {"a": {1: "v1", 2: "v2", 3: None}}
+    assert not compare_replicas({}).converged
+
+
+def test_hlc_violations() -> None:
+    ok = {
+        "k": [
+            {"version": "b", "parents": ["a"], "hlc": "100.1"},
+            {"version": "a", "parents": [], "hlc": "100.0"},
+        ]
+    }
+    assert hlc_violations(ok) == []
+    bad = {
+        "k": [
+            {"version": "b", "parents": ["a"], "hlc": "99.5"},
+            {"version": "a", "parents": [], "hlc": "100.0"},
+        ]
+    }
+    assert hlc_violations(bad) == [("k", "b", "a")]
+
+
+def test_unknown_writes_are_settled_by_the_recovered_history() -> None:
+    import hashlib
+
+    from tidekv.chaos.history import FAIL, INFO, OK, ClientOp, to_check_operations
+    from tidekv.chaos.verify import resolve_unknown
+    from tidekv.check.linearizability import Verdict, check_history
+
+    def digest(v: int) -> str:
+        return hashlib.sha256(str(v).encode()).hexdigest()
+
+    ops = [
+        ClientOp(0, 1, "write", "k", 0, 1, OK, value=1, version="a"),
+        ClientOp(1, 2, "write", "k", 2, 4, INFO, value=2, error="ReadTimeout"),  # happened
+        ClientOp(2, 3, "write", "k", 2, 4, INFO, value=3, error="ReadTimeout"),  # did not
+        ClientOp(0, 1, "read", "k", 5, 6, OK, value=3),  # ... yet someone read it
+    ]
+    history = {"k": [{"version": "a", "digest": digest(1)}, {"version": "b", "digest": digest(2)}]}
+    settled, failed, applied = resolve_unknown(ops, history)
+    assert (failed, applied) == (1, 1)
+    assert [op.outcome for op in settled] == [OK, INFO, FAIL, OK]
+    assert "not in the recovered history" in settled[2].error
+    # unsettled, the read of 3 is explained by the timed-out write; settled, it is an anomaly
+    assert check_history(to_check_operations(ops)).verdict is Verdict.LINEARIZABLE
+    assert check_history(to_check_operations(settled)).verdict is Verdict.NOT_LINEARIZABLE
+
+
+def test_an_applied_unknown_write_is_bounded_by_what_saw_it() -> None:
+    import hashlib
+
+    from tidekv.chaos.history import INFO, OK, ClientOp, to_check_operations
+    from tidekv.chaos.verify import resolve_unknown
+    from tidekv.check.linearizability import Verdict, check_history
+
+    def entry(vid: str, value: int, parents: list[str]) -> dict[str, object]:
+        return {
+            "version": vid,
+            "digest": hashlib.sha256(str(value).encode()).hexdigest(),
+            "parents": parents,
+        }
+
+    history = {"k": [entry("c", 3, ["b"]), entry("b", 2, ["a"]), entry("a", 1, [])]}
+    ops = [
+        ClientOp(0, 1, "write", "k", 0, 1, OK, value=1, version="a"),
+        ClientOp(1, 2, "cas", "k", 2, 9, INFO, value=2, expected=1, error="ReadTimeout"),
+        ClientOp(2, 3, "write", "k", 3, 5, OK, value=3, version="c"),  # after b in the chain
+    ]
+    settled, failed, applied = resolve_unknown(ops, history)
+    assert (failed, applied) == (0, 1)
+    cas = settled[1]
+    assert cas.outcome == OK and cas.complete == 5 and cas.swapped is True and cas.version == "b"
+    assert check_history(to_check_operations(settled)).verdict is Verdict.LINEARIZABLE
+    # the bound only states what the history already implies: same verdicts, found faster
+    late = ClientOp(3, 1, "read", "k", 6, 7, OK, value=1, version="a")
+    assert check_history(to_check_operations([*settled, late])).verdict is Verdict.NOT_LINEARIZABLE
+    assert check_history(to_check_operations([*ops, late])).verdict is Verdict.NOT_LINEARIZABLE
+    # without an acknowledged observer the cas stays unknown
+    alone, _, _ = resolve_unknown(ops[:2], {"k": history["k"][1:]})
+    assert alone[1].outcome == INFO
