@@ -25,6 +25,7 @@ from typing import Annotated
 import httpx
 import typer
 
+from tidekv.chaos.cli import chaos as chaos_command
 from tidekv.cli import app, err, out
 from tidekv.errors import InvalidInput, TideError
 from tidekv.node.config import DEFAULT_HTTP, NodeConfig, parse_peers, split_address
@@ -324,7 +325,7 @@ def _die_with_parent() -> Callable[[], None] | None:
     return arm
 
 
-app.command("chaos")(__import__("tidekv.chaos.cli", fromlist=["chaos"]).chaos)  # docs/chaos.md
+app.command("chaos")(chaos_command)  # docs/chaos.md
 
 
 def main() -> None:
