@@ -11,6 +11,7 @@ resolves to whichever node leads when the fault starts (the schedule cannot know
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -156,6 +157,8 @@ def generate_schedule(seed: int, opts: ScheduleOptions) -> list[Fault]:
         kind = deck.pop()
         if kind == "partition-bridge" and opts.nodes < 3:
             kind = "partition-halves"
-        faults.append(_one(kind, rng, ids, round(t, 2), round(t + length, 2)))
+        # the end is rounded down (never past the cooldown: round() could go 0.005 over)
+        end = min(math.floor((t + length) * 100) / 100, last)
+        faults.append(_one(kind, rng, ids, round(t, 2), end))
         t += length + rng.uniform(opts.quiet_min, opts.quiet_max)
     return faults
