@@ -13,79 +13,31 @@ from pathlib import Path
 import pytest
 
 import tidekv.versioning as versioning
+from purity import Rules, violations
 
 PACKAGE = Path(versioning.__file__).parent
 
-ALLOWED_IMPORTS = {
-    "__future__",
-    "collections.abc",
-    "dataclasses",
-    "datetime",  # only arithmetic on given times; datetime.now() is banned below
-    "difflib",
-    "hashlib",
-    "heapq",
-    "jsonpatch",
-    "msgspec",
-    "re",
-    "struct",
-    "typing",
-    "tidekv.errors",
-}
-ALLOWED_PREFIXES = ("tidekv.versioning.",)
-BANNED_MODULES = {
-    "asyncio",
-    "io",
-    "os",
-    "pathlib",
-    "random",
-    "secrets",
-    "select",
-    "selectors",
-    "shutil",
-    "signal",
-    "socket",
-    "subprocess",
-    "sys",
-    "tempfile",
-    "threading",
-    "time",
-    "urllib",
-    "uuid",
-}
-BANNED_CALLS = {"open", "input", "print", "exec", "eval", "compile", "__import__", "breakpoint"}
-BANNED_ATTRIBUTE_CALLS = {
-    "datetime.now",
-    "datetime.utcnow",
-    "datetime.today",
-    "date.today",
-    "datetime.datetime.now",
-    "datetime.datetime.utcnow",
-    "datetime.datetime.today",
-    "datetime.date.today",
-    "datetime.fromtimestamp",
-    "datetime.datetime.fromtimestamp",
-}
-
-
-def violations(source: str) -> list[str]:
-    out: list[str] = []
-    for node in ast.walk(ast.parse(source)):
-        line = getattr(node, "lineno", 0)
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        for name in names:
-            if name.split(".")[0] in BANNED_MODULES:
-                out.append(f"line {line}: imports {name} (I/O, clock or randomness)")
-            elif name not in ALLOWED_IMPORTS and not name.startswith(ALLOWED_PREFIXES):
-                out.append(f"line {line}: imports {name}, not on the allow-list")
-        if isinstance(node, ast.Call):
-            func = ast.unparse(node.func)
-            if func in BANNED_CALLS or func in BANNED_ATTRIBUTE_CALLS:
-                out.append(f"line {line}: calls {func}()")
-    return out
+RULES = Rules(
+    imports=frozenset(
+        {
+            "__future__",
+            "collections.abc",
+            "dataclasses",
+            "datetime",  # only arithmetic on given times; datetime.now() is banned
+            "difflib",
+            "hashlib",
+            "heapq",
+            "jsonpatch",
+            "msgspec",
+            "re",
+            "struct",
+            "typing",
+            "tidekv.errors",
+        }
+    ),
+    prefixes=("tidekv.versioning.",),
+    random="none",
+)
 
 
 MODULES = sorted(PACKAGE.glob("*.py"))
@@ -98,7 +50,7 @@ def test_found_the_modules() -> None:
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
 def test_module_is_pure(path: Path) -> None:
-    assert violations(path.read_text(encoding="utf-8")) == []
+    assert violations(path.read_text(encoding="utf-8"), RULES) == []
     assert ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))), "module docstring"
 
 
@@ -117,7 +69,7 @@ def test_module_is_pure(path: Path) -> None:
     ],
 )
 def test_the_guard_catches_impurity(snippet: str) -> None:
-    assert violations(snippet)
+    assert violations(snippet, RULES)
 
 
 # The names the store and state machine are written against (the integration contract).
