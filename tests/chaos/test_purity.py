@@ -28,6 +28,7 @@ ALLOWED_IMPORTS = {
     "random",  # only random.Random(seed): module-level functions are banned below
     "typing",
     "tidekv.check.linearizability",
+    "tidekv.check.versioned",
 }
 ALLOWED_PREFIXES = (
     "tidekv.chaos.schedule",
