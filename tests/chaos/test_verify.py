@@ -137,3 +137,46 @@ def test_register_histories_are_checked_against_the_recovered_chain() -> None:
     bad = check_registers(stale, history)["k"]
     assert [a.kind for a in bad.anomalies] == ["stale-read"]
     assert "read() -> 1" in str(bad)
+
+
+def test_the_runner_cross_checks_small_keys_with_the_wgl_search() -> None:
+    import hashlib
+
+    from tidekv.chaos.history import OK, ClientOp
+    from tidekv.chaos.runner import _check
+    from tidekv.check.linearizability import Verdict
+
+    def digest(v: int) -> str:
+        return hashlib.sha256(str(v).encode()).hexdigest()
+
+    ops = [
+        ClientOp(0, 1, "write", "k", 0, 1, OK, value=1, version="a"),
+        ClientOp(1, 2, "write", "k", 2, 3, OK, value=2, version="b"),
+        ClientOp(2, 3, "read", "k", 4, 5, OK, value=2, version="b"),
+    ]
+    in_order = {
+        "k": [
+            {"version": "b", "parents": ["a"], "digest": digest(2)},
+            {"version": "a", "parents": [], "digest": digest(1)},
+        ]
+    }
+    log: list[str] = []
+    check, notes = _check(ops, in_order, 10_000, 2_000, log.append)
+    assert check.verdict is Verdict.LINEARIZABLE and check.bad_keys == [] and check.text == []
+    assert "WGL cross-check of 1 keys" in notes[0] and log == notes
+    # the servers recorded b before a although a was acknowledged before b began: the
+    # clients' view is linearizable (a, b), the recorded order is not
+    reordered = {
+        "k": [
+            {"version": "a", "parents": ["b"], "digest": digest(1)},
+            {"version": "b", "parents": [], "digest": digest(2)},
+        ]
+    }
+    check, _ = _check(ops, reordered, 10_000, 2_000, log.append)
+    assert check.verdict is Verdict.NOT_LINEARIZABLE and check.bad_keys == ["k"]
+    assert "stale-read" in check.text[0]  # the read of b bounds a from below, binding
+    assert "the checkers disagree on key 'k'" in check.text[1]
+    assert "CHECKER BUG" not in check.text[1]
+    # above the cross-check size only the version check runs
+    check, notes = _check(ops, reordered, 10_000, 2, log.append)
+    assert len(check.text) == 1 and "WGL cross-check of 0 keys" in notes[0]
