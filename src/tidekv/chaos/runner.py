@@ -4,8 +4,9 @@ The order: set up the network (namespaces, or loopback with only process faults 
 namespaces are not permitted — printed), start the nodes, run the clients for
 ``duration`` seconds while the nemesis applies the schedule, heal everything, read a
 final value of every key (linearizable, through the leader), read each key's history
-and each node's state (``consistency=stale``), and check: linearizability per key,
-every acknowledged write present, replicas converged, HLC order. Then the report.
+and each node's state (``consistency=stale``), and check: linearizability per key
+(against its recovered version chain; the WGL search cross-checks small keys), every
+acknowledged write present, replicas converged, HLC order. Then the report.
 """
 
 from __future__ import annotations
