@@ -31,6 +31,7 @@ RULES = Rules(
             "random",  # only random.Random(seed): module-level functions are banned below
             "typing",
             "tidekv.check.linearizability",
+            "tidekv.check.versioned",
         }
     ),
     prefixes=(

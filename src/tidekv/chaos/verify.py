@@ -12,16 +12,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tidekv.chaos.history import FAIL, INFO, OK, ClientOp
+from tidekv.chaos.history import FAIL, INFO, OK, ClientOp, to_check_operations
+from tidekv.check.linearizability import Operation
+from tidekv.check.versioned import ChainVersion, VersionedResult, VOp, check_versioned
 
 __all__ = [
     "Convergence",
     "Lost",
     "applied_values",
+    "check_registers",
     "compare_replicas",
     "hlc_violations",
     "lost_writes",
     "resolve_unknown",
+    "versioned_inputs",
 ]
 
 
@@ -172,3 +176,58 @@ def resolve_unknown(
                     )
         out.append(op)
     return out, failed, applied
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(str(value).encode()).hexdigest()
+
+
+def versioned_inputs(
+    ops: Sequence[ClientOp], histories: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> dict[str, tuple[list[VOp], list[ChainVersion]]]:
+    """Per key, the operations in version terms and the chain (oldest first).
+
+    A write's version is the one its answer named, else the version whose digest is its
+    value's (values are unique); a read's is its ETag (else found by value); a cas's
+    expected value becomes the version that wrote it (a value in no version becomes a
+    name no version has: such a cas must fail). Each operation keeps the generic
+    checker's record of it for the report.
+    """
+    out: dict[str, tuple[list[VOp], list[ChainVersion]]] = {}
+    by_digest: dict[str, dict[str, str]] = {}
+    for key, versions in histories.items():
+        chain = [
+            ChainVersion(str(v["version"]), tuple(str(p) for p in v.get("parents", ())))
+            for v in reversed(versions)  # the history is newest first
+        ]
+        out[key] = ([], chain)
+        by_digest[key] = {str(v.get("digest", "")): str(v["version"]) for v in versions}
+    checked: list[Operation] = to_check_operations(ops)
+    for op, ref in zip(ops, checked, strict=True):
+        vops, _ = out.setdefault(op.key, ([], []))
+        found = by_digest.get(op.key, {})
+        ok: bool | None = {OK: True, FAIL: False, INFO: None}[op.outcome]
+        complete = op.complete if ok is not None else None
+        version: str | None = op.version
+        if op.value is not None and version is None:
+            version = found.get(_digest(op.value))
+        if op.kind == "read":
+            vops.append(VOp("read", op.invoke, complete, ok, version, ref=ref))
+            continue
+        expected: str | None = None
+        if op.kind == "cas" and op.expected is not None:
+            expected = found.get(_digest(op.expected), f"(value {op.expected}, in no version)")
+        if op.kind == "cas" and op.swapped is False:
+            version = None
+        vops.append(VOp(op.kind, op.invoke, complete, ok, version, expected, op.swapped, ref))
+    return out
+
+
+def check_registers(
+    ops: Sequence[ClientOp], histories: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> dict[str, VersionedResult]:
+    """Every key's operations checked against its recovered version chain."""
+    return {
+        key: check_versioned(vops, chain, key=key)
+        for key, (vops, chain) in versioned_inputs(ops, histories).items()
+    }
