@@ -81,6 +81,8 @@ def test_a_removed_id_cannot_be_added_again_even_after_restarts(trio: ProcCluste
     for i in rest:
         info = c.cluster(i)
         assert info is not None and info["shards"][0]["removed"] == [victim]
+        # the restarted core has the membership as applied, not the initial one
+        assert info["shards"][0]["replicas"] == rest
         refused(c, i, victim)
     write_keys(c, c.leader(among=rest), "b/", 5)
 

@@ -97,6 +97,9 @@ def test_a_removed_id_is_tombstoned_and_a_later_addition_of_it_is_a_no_op(
     log, rep = open_replica(tmp_path, 1, bootstrap=False)
     assert rep.removed == {3, 4}
     assert set(rep.peers) == {1, 2}
+    # and the core has the membership as applied, not the log's starting one (1, 2, 3)
+    cs = rep.raw.raft.conf_state()
+    assert (cs.voters, cs.learners) == ({1, 2}, frozenset())
     close(log, rep)
 
 

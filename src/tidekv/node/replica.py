@@ -136,6 +136,7 @@ class Replica:
         self.removed: frozenset[int] = load_removed(self.engine)
         """Tombstoned ids: never members again; their messages are dropped."""
         self.raw = RawNode(raft_config(self.store.sm.applied), storage)
+        self._replay_conf_changes()
         self.storage.set_snapshot_provider(self._make_snapshot)
         self._hlc = HLC(self.store.sm.clock)
         self._rids = itertools.count(1)
@@ -183,6 +184,25 @@ class Replica:
             # applied entries were committed; the commit index in the log lagged (it is
             # written without an fsync of its own)
             self.storage.set_hard_state(HardState(hs.term, hs.vote, sm.applied))
+
+    def _replay_conf_changes(self) -> None:
+        """Give the core the membership this replica had applied before it stopped.
+
+        The core starts from the log's compaction point, and entries up to the applied
+        index are not handed out again: the conf changes among them are re-applied here.
+        Additions of ids tombstoned by now are skipped: each such id ends up removed, as it
+        did when the entries were first applied.
+        """
+        lo, hi = self.storage.first_index(), self.applied
+        if hi < lo:
+            return
+        for e in self.storage.entries(lo, hi + 1):
+            if e.kind is not EntryKind.CONF_CHANGE:
+                continue
+            cc = decode_conf_change(e.data)
+            if cc.type is not ConfChangeType.REMOVE_NODE and cc.node_id in self.removed:
+                continue
+            self.raw.apply_conf_change(cc)
 
     @staticmethod
     def bootstrap(storage: GroupStorage, engine: Engine, peers: dict[int, Peer]) -> None:
