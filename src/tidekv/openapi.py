@@ -179,6 +179,11 @@ _SCHEMAS: dict[str, Any] = {
                         "leader": {"type": ["integer", "null"]},
                         "term": {"type": "integer"},
                         "replicas": {"type": "array", "items": {"type": "integer"}},
+                        "removed": {
+                            "type": "array",
+                            "items": {"type": "integer"},
+                            "description": "Node ids removed from the shard: never re-added.",
+                        },
                         "commit_index": {"type": "integer"},
                     },
                 },

@@ -109,16 +109,18 @@ def test_a_node_down_during_writes_catches_up_when_it_returns(cluster: ProcClust
 
 def test_a_wiped_node_rejoins_through_a_snapshot(cluster: ProcCluster) -> None:
     leader = cluster.leader()
-    victim = next(i for i in (1, 2, 3) if i != leader)
+    old = next(i for i in (1, 2, 3) if i != leader)
     w = Writer(cluster)
     w.start()
     w.wait_acked(100)
-    # remove it from the membership, wipe its disk, and add it back as a new member
-    r = cluster.http.delete(cluster.url(leader) + f"/v1/cluster/nodes/{victim}")
+    # remove it from the membership, wipe its disk, and add it back as a new member:
+    # with a new id (the old one is tombstoned), at the old node's place
+    r = cluster.http.delete(cluster.url(leader) + f"/v1/cluster/nodes/{old}")
     assert r.status_code == 200, r.text
-    cluster.kill(victim)
-    cluster.wipe(victim)
-    cluster.start(victim, join=True)
+    cluster.kill(old)
+    cluster.wipe(old)
+    victim = 4
+    cluster.start(victim, join=True, peers=cluster.peers_spec() + f",4={cluster.address(4)}")
     r = cluster.http.post(
         cluster.url(leader) + "/v1/cluster/nodes",
         json={"id": victim, "address": cluster.address(victim)},
@@ -130,6 +132,16 @@ def test_a_wiped_node_rejoins_through_a_snapshot(cluster: ProcCluster) -> None:
     wait_caught_up(cluster, victim, w.acked)
     log_text = (cluster.root / f"n{victim}.log").read_text()
     assert "installing snapshot" in log_text
+    # the snapshot carried the tombstone: the new node itself refuses the old id (the
+    # header stops it from forwarding to the leader)
+    r = cluster.http.post(
+        cluster.url(victim) + "/v1/cluster/nodes",
+        json={"id": old, "address": cluster.address(old)},
+        headers={"x-tide-forwarded-by": "test"},
+        timeout=30.0,
+    )
+    assert r.status_code == 409, r.text
+    assert f"node id {old} was removed" in r.json()["error"]["message"]
     # the snapshot carries the change feed too: a watch from the start on the rebuilt
     # node sees every change once, in order (nothing is compacted, so no 410)
     info = cluster.cluster(victim)

@@ -9,6 +9,12 @@ chain instead of becoming siblings.
 The address book (node id -> HTTP and peer addresses) is replicated with the membership:
 a conf-change entry's context holds the added node's :class:`~tidekv.node.config.Peer`,
 and applying it writes ``M node:<id>`` in the same batch as the applied index.
+
+A removed id is tombstoned (``M removed:<id>``, written when its removal is applied, in
+the same batch): it is never a member again. A Raft id names one incarnation of a
+replica's log and vote; re-using it lets messages and acknowledgements of the old
+incarnation count for the new one (a leader missing a committed entry). Tombstones live
+in the engine, so snapshots carry them and every replica applies the same rule.
 """
 
 from __future__ import annotations
@@ -96,3 +102,21 @@ def peer_delete(node_id: int) -> Op:
 def load_peers(engine: Engine) -> dict[int, Peer]:
     end = prefix_end(NODE_PREFIX)
     return {p.id: p for p in (decode_peer(v) for _k, v in engine.scan(NODE_PREFIX, end))}
+
+
+REMOVED_PREFIX = meta_key("removed:")
+
+
+def removed_key(node_id: int) -> bytes:
+    return REMOVED_PREFIX + str(node_id).encode()
+
+
+def removed_put(node_id: int) -> Op:
+    return (removed_key(node_id), b"1")
+
+
+def load_removed(engine: Engine) -> frozenset[int]:
+    """The tombstoned ids: removed from the group, never to be members again."""
+    end = prefix_end(REMOVED_PREFIX)
+    n = len(REMOVED_PREFIX)
+    return frozenset(int(k[n:]) for k, _v in engine.scan(REMOVED_PREFIX, end))

@@ -34,8 +34,10 @@ from tidekv.node.command import (
     encode_command,
     encode_peer,
     load_peers,
+    load_removed,
     peer_delete,
     peer_put,
+    removed_put,
 )
 from tidekv.node.config import Peer
 from tidekv.node.snapshot import (
@@ -131,7 +133,10 @@ class Replica:
         self.store = self._open_store(self.engine)
         self._repair_after_crash()
         self.peers: dict[int, Peer] = load_peers(self.engine)
+        self.removed: frozenset[int] = load_removed(self.engine)
+        """Tombstoned ids: never members again; their messages are dropped."""
         self.raw = RawNode(raft_config(self.store.sm.applied), storage)
+        self._replay_conf_changes()
         self.storage.set_snapshot_provider(self._make_snapshot)
         self._hlc = HLC(self.store.sm.clock)
         self._rids = itertools.count(1)
@@ -148,7 +153,13 @@ class Replica:
         self.lead = self.raw.raft.lead
         self.role = self.raw.raft.role
         self._last_compact = storage.first_index() - 1
-        self.stats = {"proposed": 0, "applied": 0, "read_rounds": 0, "snapshots_installed": 0}
+        self.stats = {
+            "proposed": 0,
+            "applied": 0,
+            "read_rounds": 0,
+            "snapshots_installed": 0,
+            "from_removed": 0,
+        }
 
     # -- opening and crash repair ---------------------------------------------------------
 
@@ -173,6 +184,25 @@ class Replica:
             # applied entries were committed; the commit index in the log lagged (it is
             # written without an fsync of its own)
             self.storage.set_hard_state(HardState(hs.term, hs.vote, sm.applied))
+
+    def _replay_conf_changes(self) -> None:
+        """Give the core the membership this replica had applied before it stopped.
+
+        The core starts from the log's compaction point, and entries up to the applied
+        index are not handed out again: the conf changes among them are re-applied here.
+        Additions of ids tombstoned by now are skipped: each such id ends up removed, as it
+        did when the entries were first applied.
+        """
+        lo, hi = self.storage.first_index(), self.applied
+        if hi < lo:
+            return
+        for e in self.storage.entries(lo, hi + 1):
+            if e.kind is not EntryKind.CONF_CHANGE:
+                continue
+            cc = decode_conf_change(e.data)
+            if cc.type is not ConfChangeType.REMOVE_NODE and cc.node_id in self.removed:
+                continue
+            self.raw.apply_conf_change(cc)
 
     @staticmethod
     def bootstrap(storage: GroupStorage, engine: Engine, peers: dict[int, Peer]) -> None:
@@ -476,15 +506,25 @@ class Replica:
 
     def _apply_conf_change(self, e: Entry) -> None:
         cc = decode_conf_change(e.data)
-        conf = self.raw.apply_conf_change(cc)
         ops: list[Op] = []
-        if cc.type is ConfChangeType.REMOVE_NODE:
-            if cc.node_id not in conf.voters and cc.node_id not in conf.learners:
-                ops.append(peer_delete(cc.node_id))
-        elif cc.context:
-            ops.append(peer_put(decode_peer(cc.context)))
+        if cc.type is not ConfChangeType.REMOVE_NODE and cc.node_id in self.removed:
+            # the same decision on every replica (tombstones are replicated state): an
+            # addition of a removed id, proposed before its removal was applied, is a no-op
+            log.warning(
+                "group %d: entry %d adds removed node %d: ignored", self.group, e.index, cc.node_id
+            )
+            conf = self.raw.raft.conf_state()
+        else:
+            conf = self.raw.apply_conf_change(cc)
+            if cc.type is ConfChangeType.REMOVE_NODE:
+                if cc.node_id not in conf.voters and cc.node_id not in conf.learners:
+                    ops.append(peer_delete(cc.node_id))
+                    ops.append(removed_put(cc.node_id))
+            elif cc.context:
+                ops.append(peer_put(decode_peer(cc.context)))
         self.store.sm.mark_applied(e.index, ops)
         self.peers = load_peers(self.engine)
+        self.removed = load_removed(self.engine)
         self._on_peers_changed(self.peers)
         for idx, fut in list(self._conf_changes):
             if idx <= e.index:
@@ -514,6 +554,7 @@ class Replica:
         self._hlc = HLC(max(self.store.sm.clock, self._hlc.last))
         self.storage.apply_snapshot(Snapshot(meta=snap.meta))
         self.peers = load_peers(self.engine)
+        self.removed = load_removed(self.engine)
         self._on_peers_changed(self.peers)
         self.stats["snapshots_installed"] += 1
         self._changed.set()

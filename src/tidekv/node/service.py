@@ -298,6 +298,7 @@ class NodeService:
             "term": st.term,
             "replicas": sorted(conf.voters),
             "learners": sorted(conf.learners),
+            "removed": sorted(rep.removed),
             "commit_index": st.commit,
             "applied_index": rep.applied,
             "revision": rep.store.sm.revision,
@@ -324,6 +325,11 @@ class NodeService:
     async def add_node(self, node_id: int, address: str) -> dict[str, Any]:
         peer = Peer.make(node_id, address)
         rep = self.rep
+        if node_id in rep.removed:  # tombstones are never lifted: any replica may answer
+            raise Conflict(
+                f"node id {node_id} was removed from this cluster; join it with a new id",
+                id=node_id,
+            )
         if not rep.is_leader:
             raise rep.not_leader()
         conf = rep.raw.raft.conf_state()
@@ -341,7 +347,8 @@ class NodeService:
             await rep.conf_change(ConfChange(ConfChangeType.REMOVE_NODE, node_id), self.timeout)
             raise Conflict(
                 f"node {node_id} at {peer.address} did not catch up within {wait:.0f} s "
-                "(is it running, started with --join?); it was not added",
+                "(is it running, started with --join?); it was not added, and its id is "
+                "now retired: start the node with a new id",
                 id=node_id,
             )
         await rep.conf_change(Replica.add_change(peer, learner=False), self.timeout)
@@ -416,6 +423,11 @@ class _NodeCollector(Collector):
         c_prop = CounterMetricFamily(
             "tidekv_proposals", "Write commands proposed on this node", labels=["shard"]
         )
+        c_removed = CounterMetricFamily(
+            "tidekv_messages_from_removed",
+            "Raft messages dropped because their sender was removed from the shard",
+            labels=["shard"],
+        )
         c_reads = CounterMetricFamily(
             "tidekv_read_index_rounds", "ReadIndex rounds started", labels=["shard"]
         )
@@ -429,9 +441,11 @@ class _NodeCollector(Collector):
             g["revision"].add_metric([s], rep.store.sm.revision)
             c_prop.add_metric([s], rep.stats["proposed"])
             c_reads.add_metric([s], rep.stats["read_rounds"])
+            c_removed.add_metric([s], rep.stats["from_removed"])
         yield from g.values()
         yield c_prop
         yield c_reads
+        yield c_removed
         yield CounterMetricFamily("tidekv_wal_fsyncs", "WAL fsyncs", value=node.stats["fsyncs"])
         yield CounterMetricFamily(
             "tidekv_node_loops", "Turns of the node loop", value=node.stats["loops"]
