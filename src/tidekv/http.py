@@ -62,6 +62,7 @@ from tidekv.errors import (
 )
 from tidekv.forward import Forwarder
 from tidekv.httpserver import HTTPServer
+from tidekv.node.config import MAX_NODE_ID, is_node_id
 from tidekv.service import CONSISTENCY_LEVELS, Consistency, KVService
 from tidekv.statemachine import WriteResult
 from tidekv.versioning import check_version_id
@@ -491,15 +492,15 @@ class App:
         if not isinstance(body, dict):
             raise InvalidJSON('the body must be a JSON object {"id": <int>, "address": "..."}')
         node_id, address = body.get("id"), body.get("address")
-        if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id <= 0:
-            raise InvalidInput("id must be a positive integer node id", field="id")
+        if not is_node_id(node_id):
+            raise InvalidInput(f"id must be an integer node id from 1 to {MAX_NODE_ID}", field="id")
         if not isinstance(address, str) or not address:
             raise InvalidInput("address must be a non-empty string", field="address")
         return json_response(200, await self.service.add_node(node_id, address))
 
     async def remove_node(self, req: Request) -> Response:
         raw = req.param("node id")
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) == 0:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not is_node_id(int(raw)):
             raise InvalidInput(f"node id must be a positive integer, not {raw[:40]!r}", field="id")
         return json_response(200, await self.service.remove_node(int(raw)))
 

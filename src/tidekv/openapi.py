@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from tidekv.node.config import MAX_NODE_ID
+
 __all__ = ["openapi_document"]
+
+_NODE_ID = {"type": "integer", "minimum": 1, "maximum": MAX_NODE_ID}
 
 _ERROR_CODES = [
     "invalid_input",
@@ -194,8 +198,8 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["id", "address"],
         "properties": {
-            "id": {"type": "integer", "minimum": 1},
-            "address": {"type": "string"},
+            "id": _NODE_ID,
+            "address": {"type": "string", "minLength": 1},
         },
     },
 }
@@ -231,21 +235,24 @@ _KEY = {
     "required": True,
     "description": "The key, percent-encoded (encode '/' as %2F when the key ends in "
     "/history, /rollback or /diff).",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
+    # the limit is in UTF-8 bytes and configurable (413 past it), so no maxLength here
+    "schema": {"type": "string", "minLength": 1},
 }
 _CONSISTENCY = _query(
     "consistency",
     "linearizable (default), lease, follower or stale.",
     {"enum": ["linearizable", "lease", "follower", "stale"], "default": "linearizable"},
 )
-_LIMIT = _query("limit", "At most this many (0 to 10000).", {"type": "integer", "minimum": 0})
+_LIMIT = _query(
+    "limit", "At most this many (0 to 10000).", {"type": "integer", "minimum": 0, "maximum": 10000}
+)
 _HEADER_STR = {"type": "string"}
 _PRECONDITIONS = [
     {
         "name": "If-Match",
         "in": "header",
         "description": 'Write only if "<version>" is the sole current head (else 412).',
-        "schema": _HEADER_STR,
+        "schema": {"type": "string", "pattern": '^"[0-9a-f]{40}"$'},
     },
     {
         "name": "Idempotency-Key",
@@ -311,7 +318,7 @@ def _paths() -> dict[str, Any]:
                         },
                     },
                     "300": {"$ref": "#/components/responses/Error"},
-                    **_errors(404),
+                    **_errors(404, 413),
                 },
             },
             "put": {
@@ -323,7 +330,7 @@ def _paths() -> dict[str, Any]:
                         "name": "If-None-Match",
                         "in": "header",
                         "description": "'*': write only if the key is absent.",
-                        "schema": _HEADER_STR,
+                        "schema": {"enum": ["*"]},
                     },
                 ],
                 "requestBody": {
@@ -337,7 +344,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "deleteKey",
                 "summary": "Write a tombstone version (history is kept)",
                 "parameters": _PRECONDITIONS,
-                "responses": {**_WRITTEN, **_errors(404, 412)},
+                "responses": {**_WRITTEN, **_errors(404, 412, 413)},
             },
         },
         "/v1/kv/{key}/history": {
@@ -350,7 +357,7 @@ def _paths() -> dict[str, Any]:
                     _query("before", "Continue after this version.", _ref("VersionId")),
                     _CONSISTENCY,
                 ],
-                "responses": {"200": _json(_ref("History"), "Versions."), **_errors(404)},
+                "responses": {"200": _json(_ref("History"), "Versions."), **_errors(404, 413)},
             },
         },
         "/v1/kv/{key}/rollback": {
@@ -371,7 +378,7 @@ def _paths() -> dict[str, Any]:
                         }
                     },
                 },
-                "responses": {**_WRITTEN, **_errors(404, 412)},
+                "responses": {**_WRITTEN, **_errors(404, 412, 413)},
             },
         },
         "/v1/kv/{key}/diff": {
@@ -384,7 +391,7 @@ def _paths() -> dict[str, Any]:
                     _query("to", "The newer version (default: current).", _ref("VersionId")),
                     _CONSISTENCY,
                 ],
-                "responses": {"200": _json(_ref("Diff"), "The changes."), **_errors(404)},
+                "responses": {"200": _json(_ref("Diff"), "The changes."), **_errors(404, 413)},
             },
         },
         "/v1/watch": {
@@ -432,9 +439,7 @@ def _paths() -> dict[str, Any]:
             }
         },
         "/v1/cluster/nodes/{id}": {
-            "parameters": [
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
-            ],
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": _NODE_ID}],
             "delete": {
                 "operationId": "removeNode",
                 "summary": "Decommission a node (its replicas move first)",

@@ -54,6 +54,15 @@ def error_code(r: httpx.Response) -> str:
         ("GET", "/v1/kv/seed", {"params": {"consistency": "sometimes"}}, 400, None),
         ("POST", "/v1/kv/seed/rollback", {"json": {"to": "a" * 40}}, 404, "version_not_found"),
         ("GET", "/v2/nothing-here", {}, 404, None),
+        # found by schemathesis: an id past int64 was a 500 (msgpack could not encode it)
+        (
+            "POST",
+            "/v1/cluster/nodes",
+            {"json": {"id": 41284563208440475901363224576, "address": "127.0.0.1:1"}},
+            400,
+            "invalid_input",
+        ),
+        ("DELETE", "/v1/cluster/nodes/99999999999999999999", {}, 400, "invalid_input"),
     ],
 )
 def test_bad_requests_get_json_errors_and_write_nothing(
@@ -110,3 +119,22 @@ def test_idempotent_retry_across_a_leader_change_creates_one_version(trio: ProcC
     assert r1.status_code == 412
     r2 = trio.put(new, "idem", b"x", **fail_headers)
     assert r2.status_code == 412 and error_code(r2) == "precondition_failed"
+
+
+def test_joining_a_new_id_at_a_members_address_is_refused_at_once(single: ProcCluster) -> None:
+    """Found by schemathesis: a new id at an existing member's address became a learner
+    that could never catch up (its messages reached node 1 itself) and the request hung
+    until the catch-up deadline. Two members never share an address: 409, nothing added."""
+    before = single.cluster(1)
+    assert before is not None
+    own = single.url(1).removeprefix("http://")
+    r = single.http.post(single.url(1) + "/v1/cluster/nodes", json={"id": 9, "address": own})
+    assert r.status_code == 409, r.text
+    assert error_code(r) == "conflict"
+    assert own in r.json()["error"]["message"]
+    after = single.cluster(1)
+    assert after is not None
+    shard_before, shard_after = before["shards"][0], after["shards"][0]
+    assert shard_after["replicas"] == shard_before["replicas"] == [1]
+    assert shard_after.get("learners", []) == []
+    assert [n["id"] for n in after["nodes"]] == [n["id"] for n in before["nodes"]]

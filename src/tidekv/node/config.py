@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from tidekv.errors import InvalidInput
 
@@ -39,6 +40,14 @@ def default_raft_address(http_address: str) -> str:
     return f"{host}:{port + RAFT_PORT_OFFSET}"
 
 
+MAX_NODE_ID = 2**63 - 1  # ids travel as msgpack integers (int64) in Raft messages
+
+
+def is_node_id(value: object) -> TypeGuard[int]:
+    """A node id: an int (not a bool) from 1 to :data:`MAX_NODE_ID`."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_NODE_ID
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     """A cluster member's two addresses."""
@@ -56,8 +65,10 @@ class Peer:
 
     @classmethod
     def make(cls, node_id: int, address: str, raft_address: str | None = None) -> Peer:
-        if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id <= 0:
-            raise InvalidInput("a node id must be a positive integer", id=node_id)
+        if not is_node_id(node_id):
+            raise InvalidInput(
+                f"a node id must be an integer from 1 to {MAX_NODE_ID}", id=str(node_id)[:40]
+            )
         split_address(address)
         raft = raft_address or default_raft_address(address)
         split_address(raft)
