@@ -89,6 +89,9 @@ class Keyspace:
 
     __slots__ = ("_n", "_prefix", "engine", "name")
 
+    #: what an engine's batch needs to address the keyspace (``None``: the default one)
+    handle: Any = None
+
     def __init__(self, engine: Engine, name: str) -> None:
         self.engine = engine
         self.name = name

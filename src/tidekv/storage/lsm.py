@@ -111,6 +111,9 @@ class _LiveIter:
         self.read_opt = None
 
 
+_RELEASED = object()  # the handle of a family whose engine closed
+
+
 class LSMKeyspace(Keyspace):
     """A column family: reads go to its ``Rdict`` view, writes carry its handle."""
 
@@ -125,7 +128,8 @@ class LSMKeyspace(Keyspace):
         raise TypeError("a column family has no raw keys in the default keyspace")
 
     def release(self) -> None:
-        cf, self.cf, self.handle = self.cf, None, None
+        # not None: that would name the default family in a batch
+        cf, self.cf, self.handle = self.cf, None, _RELEASED
         if cf is not None:
             cf.close()
 
@@ -239,18 +243,21 @@ class LSMEngine(Engine):
         return [DEFAULT_KEYSPACE, *sorted(n for n in names if n != DEFAULT_KEYSPACE)]
 
     def write_batch_multi(self, ops: Iterable[KsOp], *, sync: bool = False) -> None:
+        """One ``WriteBatch`` across column families (the store's write hot path: one
+        Python call per operation)."""
         self._check()
         batch = WriteBatch(raw_mode=True)
         put, delete = batch.put, batch.delete
-        for ks, key, value in ops:  # an error here leaves the database untouched
-            handle = ks.handle if type(ks) is LSMKeyspace else None
-            if handle is None and ks.name != DEFAULT_KEYSPACE:
-                raise StoreClosed("engine is closed", engine="lsm")
-            if value is None:
-                delete(key, handle)
-            else:
-                put(key, value, handle)
-        self._check()
+        try:
+            for ks, key, value in ops:  # an error here leaves the database untouched
+                if value is None:
+                    delete(key, ks.handle)
+                else:
+                    put(key, value, ks.handle)
+        except TypeError:
+            if self._closed:  # a released family's handle is not a ColumnFamily
+                raise StoreClosed("engine is closed", engine="lsm") from None
+            raise
         try:
             self._db.write(batch, self._wo_sync if sync else self._wo_nosync)
         except Exception as exc:
