@@ -8,6 +8,7 @@ keyspaces and their data survive a reopen.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,3 +175,27 @@ def test_keyspace_use_after_close_raises_store_closed(engine: Engine) -> None:
         list(keys.scan())
     with pytest.raises(StoreClosed):
         engine.keyspace("other")
+
+
+def test_threads_opening_one_keyspace_get_one_object(opened: Opened, engine: Engine) -> None:
+    got: list[object] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_it() -> None:
+        try:
+            start.wait()
+            got.append(engine.keyspace("shared"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(got) == 4 and all(ks is got[0] for ks in got)
+    engine.keyspace("shared").put(b"k", b"v", sync=True)
+    engine = opened.reopen(engine)  # every handle was released: the reopen works
+    assert engine.keyspace("shared").get(b"k") == b"v"

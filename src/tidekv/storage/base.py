@@ -35,6 +35,7 @@ before them; the plain ``engine.scan`` does not).
 from __future__ import annotations
 
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Self
@@ -178,6 +179,7 @@ class Engine(ABC):
         self.path = path
         self.options = options
         self._keyspaces: dict[str, Keyspace] = {}
+        self._keyspaces_lock = threading.Lock()  # one object (and creation) per name
 
     # -- keyspaces -----------------------------------------------------------------
 
@@ -185,11 +187,14 @@ class Engine(ABC):
         """The keyspace ``name``, created (durably) when it does not exist yet."""
         ks = self._keyspaces.get(name)
         if ks is None:
-            if name == DEFAULT_KEYSPACE:
-                ks = DefaultKeyspace(self)
-            else:
-                ks = self._open_keyspace(check_keyspace_name(name))
-            self._keyspaces[name] = ks
+            with self._keyspaces_lock:
+                ks = self._keyspaces.get(name)
+                if ks is None:
+                    if name == DEFAULT_KEYSPACE:
+                        ks = DefaultKeyspace(self)
+                    else:
+                        ks = self._open_keyspace(check_keyspace_name(name))
+                    self._keyspaces[name] = ks
         return ks
 
     def _open_keyspace(self, name: str) -> Keyspace:
