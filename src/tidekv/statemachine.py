@@ -6,16 +6,20 @@ committed entries through it unchanged: a :class:`WriteCommand` carries everythi
 must be identical on every replica (the HLC time and origin are chosen by the proposer),
 and :meth:`StateMachine.apply` is deterministic given the engine's contents.
 
-Layout in the engine (every key starts with a one-byte tag)::
+Layout in the engine (format 3): the key records have a keyspace of their own,
+``keys`` (a RocksDB column family on ``lsm``: its own memtable, files and bloom filters,
+so the get of a key record searches only key records); every other record is in the
+default keyspace and starts with a one-byte tag::
 
-    K<key utf-8>            -> KeyRecord: current heads, the served (resolved) version and
+    keys: <key utf-8>       -> KeyRecord: current heads, the served (resolved) version and
                                its value inline
     V<version id>           -> VersionRecord: the version's fields, the revision that
                                applied it, and its value unless K serves it
     D<version id>           -> the value of a version that K no longer serves
     C<revision 8 bytes BE>  -> change: 0x02, version id (20 bytes), tombstone flag, the
                                store's HLC after the change (10 bytes), the key (utf-8)
-    M<name>                 -> store metadata (origin, format, the Raft applied index)
+    M<name>                 -> store metadata (origin, ``M format`` = 3, the Raft
+                               applied index)
     I<idempotency key>      -> the outcome of the first request with that key (replicated)
 
 A value is stored once: inline in K while its version is served (a read is one engine
@@ -28,6 +32,11 @@ last record of the batch, C comes after V: an engine that applies a batch op by 
 after the records it names. The
 revision is the position in the change log; the newest ``C`` entry also holds the
 store's HLC, so both survive a restart without an extra write.
+
+Formats 1 and 2 kept the key records in the default keyspace as ``K<key>`` and had no
+``M format`` record; a store whose engine has data but no ``M format`` is read and
+written in that layout (format 2 records), so an old store opens and serves its data
+unchanged; a new (empty) engine gets format 3.
 
 Format 1 (before 2026-12) kept every value in ``D``, encoded ``V`` as revision +
 :meth:`Version.encode` and ``C`` as a msgpack array; both are still read (a format-1
@@ -53,7 +62,7 @@ from tidekv.errors import (
     TideError,
     VersionNotFound,
 )
-from tidekv.storage import Engine, Op, prefix_end
+from tidekv.storage import DEFAULT_KEYSPACE, Engine, Keyspace, KsOp, Op, prefix_end
 from tidekv.versioning import (
     CONTENT_TYPE_CODES,
     RECORD_FORMAT,
@@ -71,7 +80,8 @@ K, V, D, C, M = b"K", b"V", b"D", b"C", b"M"
 IDEM = b"I"
 _REV = struct.Struct(">Q")
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+KEYS_KEYSPACE = "keys"
 _CHANGE_FORMAT = 2
 _CHANGE = struct.Struct(">B20s?QH")  # format, version id, deleted, clock wall, logical
 _sha256 = hashlib.sha256
@@ -165,6 +175,7 @@ def idem_key(idempotency_key: str) -> bytes:
 
 
 APPLIED_KEY = meta_key("applied")
+FORMAT_KEY = meta_key("format")
 
 
 class WriteCommand(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -362,12 +373,36 @@ class StateMachine:
         self.engine = engine
         self.resolver: Resolver = get_resolver(resolver) if isinstance(resolver, str) else resolver
         self.sync = sync
+        self.dflt: Keyspace = engine.keyspace(DEFAULT_KEYSPACE)
+        self.format = self._layout_format()
+        #: where the key records are, and the prefix of their keys there
+        self.kspace: Keyspace = (
+            engine.keyspace(KEYS_KEYSPACE) if self.format >= 3 else self.dflt
+        )
+        self.kprefix: bytes = b"" if self.format >= 3 else K
         self.revision, self.clock = self._recover_position()
         raw = engine.get(APPLIED_KEY)
         self.applied = 0 if raw is None else _REV.unpack(raw)[0]
         """The last Raft entry applied (0 for an embedded store)."""
 
     # -- recovery ---------------------------------------------------------------
+
+    def _layout_format(self) -> int:
+        """3 for a new store (written down), 2 for an older one (formats 1 and 2 share
+        the key-record layout)."""
+        raw = self.engine.get(FORMAT_KEY)
+        if raw is None:
+            if next(self.dflt.scan(limit=1), None) is not None:
+                return 2  # an older store: it has data but no format record
+            self.engine.put(FORMAT_KEY, str(FORMAT_VERSION).encode(), sync=True)
+            return FORMAT_VERSION
+        try:
+            fmt = int(raw)
+        except ValueError:
+            fmt = -1
+        if fmt != FORMAT_VERSION:
+            raise CorruptionError(f"unknown store format {raw!r}")
+        return fmt
 
     def _recover_position(self) -> tuple[int, HLCTimestamp]:
         last = next(self.engine.scan_prefix(C, reverse=True, limit=1), None)
@@ -379,7 +414,7 @@ class StateMachine:
     # -- reads ------------------------------------------------------------------
 
     def key_record(self, key: str) -> KeyRecord | None:
-        raw = self.engine.get(key_key(key))
+        raw = self.kspace.get(self.kprefix + key.encode())
         return None if raw is None else decode_key_record(raw)
 
     def version_record(self, version_id: str) -> tuple[int, Version] | None:
@@ -422,8 +457,12 @@ class StateMachine:
     def scan_keys(
         self, start: bytes, end: bytes | None, limit: int | None = None
     ) -> Iterator[tuple[str, KeyRecord]]:
-        for k, raw in self.engine.scan(K + start, end, limit=limit):
-            yield k[1:].decode(), decode_key_record(raw)
+        """Key records with ``start <= key bytes < end`` (``None``: no bound), in order."""
+        pre = self.kprefix
+        hi = (prefix_end(pre) if pre else None) if end is None else pre + end
+        n = len(pre)
+        for k, raw in self.kspace.scan(pre + start, hi, limit=limit):
+            yield k[n:].decode(), decode_key_record(raw)
 
     # -- the one write path -----------------------------------------------------
 
@@ -437,7 +476,7 @@ class StateMachine:
         :class:`WriteCommand` up to ``require_exists`` (the embedded store's path: no
         command object is built)."""
         ops, result, clock = self._plan(*fields)
-        self.engine.write_batch(ops, sync=self.sync)
+        self.engine.write_batch_multi(ops, sync=self.sync)
         self.revision, self.clock = result.revision, clock
         return result
 
@@ -459,15 +498,16 @@ class StateMachine:
                 self.engine.write_batch([(APPLIED_KEY, _REV.pack(index))], sync=False)
                 self.applied = index
                 return prior
+        dflt = self.dflt
         outcome: WriteResult | TideError
         try:
             ops, outcome, clock = self._plan(*_fields(cmd))
         except TideError as exc:
             ops, outcome, clock = [], exc, self.clock
-        ops.append((APPLIED_KEY, _REV.pack(index)))
+        ops.append((dflt, APPLIED_KEY, _REV.pack(index)))
         if idem is not None:
-            ops.append((idem_key(idem), _encode_outcome(outcome)))
-        self.engine.write_batch(ops, sync=False)
+            ops.append((dflt, idem_key(idem), _encode_outcome(outcome)))
+        self.engine.write_batch_multi(ops, sync=False)
         self.applied = index
         if isinstance(outcome, WriteResult):
             self.revision, self.clock = outcome.revision, clock
@@ -485,7 +525,7 @@ class StateMachine:
         raw = self.engine.get(idem_key(idempotency_key))
         return None if raw is None else _decode_outcome(raw)
 
-    def _plan(self, *fields: *_Fields) -> tuple[list[Op], WriteResult, HLCTimestamp]:
+    def _plan(self, *fields: *_Fields) -> tuple[list[KsOp], WriteResult, HLCTimestamp]:
         """The engine ops of one change and its result; raises when a precondition fails.
 
         One flat function on purpose (it is the hot path of every write): no version
@@ -503,8 +543,10 @@ class StateMachine:
             parents,
             require_exists,
         ) = fields
-        kk = K + key.encode()
-        raw = self.engine.get(kk)
+        kb = key.encode()
+        kk = self.kprefix + kb
+        kspace = self.kspace
+        raw = kspace.get(kk)
         if raw is None:
             current = None
             heads: tuple[str, ...] = ()
@@ -578,8 +620,10 @@ class StateMachine:
         encode = _enc.encode
         # K last: an engine that applies a batch op by op (memory, hash) shows a reader
         # without the lock the new K record only after the V, D and C records it needs
-        ops: list[Op] = [
+        dflt = self.dflt
+        ops: list[KsOp] = [
             (
+                dflt,
                 V + vid.encode(),
                 encode(
                     VersionRecord(
@@ -601,8 +645,9 @@ class StateMachine:
                 ),
             ),
             (
+                dflt,
                 C + _REV.pack(revision),
-                _CHANGE.pack(_CHANGE_FORMAT, vid_b, deleted, clock.wall, clock.logical) + kk[1:],
+                _CHANGE.pack(_CHANGE_FORMAT, vid_b, deleted, clock.wall, clock.logical) + kb,
             ),
         ]
         if (
@@ -612,8 +657,8 @@ class StateMachine:
             and not current.deleted
         ):
             # the version K served until now is no longer served: its value moves to D
-            ops.append((D + current.version.encode(), current.value))
-        ops.append((kk, encode(record)))
+            ops.append((dflt, D + current.version.encode(), current.value))
+        ops.append((kspace, kk, encode(record)))
         return ops, WriteResult(key, vid, parents, revision, hlc, deleted, new_heads), clock
 
     def _resolve(
@@ -672,10 +717,8 @@ def verify(sm: StateMachine) -> dict[str, int]:
     if changes != sm.revision:
         raise CorruptionError(f"revision {sm.revision} but {changes} changes")
     keys = 0
-    for k, raw in eng.scan_prefix(K):
+    for key, rec in sm.scan_keys(b"", None):
         keys += 1
-        rec = decode_key_record(raw)
-        key = k[1:].decode()
         if rec.version not in rec.heads:
             raise CorruptionError(f"key {key!r} serves {rec.version}, which is not a head")
         for h in rec.heads:

@@ -137,6 +137,8 @@ class Store:
         self._closed = False
         self.sm = StateMachine(engine, resolver=resolver, sync=sync)
         self._manual = self.sm.resolver.name == "manual"
+        self._kget = self.sm.kspace.get  # the read hot path: one engine get
+        self._kprefix = self.sm.kprefix
         self.origin = self._load_origin(origin)
         self._hlc = HLC(self.sm.clock)
 
@@ -364,7 +366,7 @@ class Store:
             kb = b""
         if not kb or len(kb) > self.max_key_bytes:
             kb = self.key_bytes(key)  # raises the right error (or accepts a str subclass)
-        raw = self.engine.get(b"K" + kb)
+        raw = self._kget(self._kprefix + kb)
         if raw is None:
             raise KeyNotFound(f"key {key!r} not found", key=key)
         try:
@@ -487,15 +489,13 @@ class Store:
         ``[start, end)``; deleted keys are skipped."""
         self._check_open()
         lo = (prefix or "").encode()
-        hi_prefix = prefix_end(b"K" + lo) if prefix else None
+        hi_prefix = prefix_end(lo) if prefix else None
         if start is not None and start.encode() > lo:
             lo = start.encode()
         hi = hi_prefix
         if end is not None:
-            end_k = b"K" + end.encode()
+            end_k = end.encode()
             hi = end_k if hi is None or end_k < hi else hi
-        if hi is None:
-            hi = prefix_end(b"K")
         if limit is not None and limit < 0:
             raise InvalidInput("limit must not be negative")
         n = 0

@@ -10,6 +10,10 @@ Keys, all under the namespace ``NS`` (one per round, so rounds share a directory
 * batch ``seq``: ``NS g <j>`` -> ``<seq>`` for every ``j < BATCH`` (the same keys each
   time, so a torn batch shows mixed values), plus ``NS m <seq>`` -> ``x`` and a delete
   of the previous batch's ``NS m`` marker (so exactly one marker is left).
+
+A batch spans two keyspaces (``write_batch_multi``): the odd group keys and the markers
+go to the keyspace :data:`SIDE`, the rest to the default keyspace, so a torn batch
+across keyspaces shows as a torn batch too.
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ import random
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tidekv.storage import KsOp
+
+
+SIDE = "side"
 
 
 @dataclass(frozen=True)
@@ -65,19 +76,21 @@ def main(argv: list[str]) -> None:
     from tidekv.storage import open_engine
 
     engine = open_engine(name, path)
+    dflt, side = engine.keyspace("default"), engine.keyspace(SIDE)
     namespace = ns.encode()
     do_sync = sync == "1"
     previous_batch = 0
     for write in writes(int(seed)):
         seq = write.seq
         if write.is_batch:
-            ops: list[tuple[bytes, bytes | None]] = [
-                (group_key(namespace, j), batch_value(seq)) for j in range(int(size))
+            ops: list[KsOp] = [
+                (side if j % 2 else dflt, group_key(namespace, j), batch_value(seq))
+                for j in range(int(size))
             ]
             if previous_batch:
-                ops.append((marker_key(namespace, previous_batch), None))
-            ops.append((marker_key(namespace, seq), b"x"))
-            engine.write_batch(ops, sync=do_sync)
+                ops.append((side, marker_key(namespace, previous_batch), None))
+            ops.append((side, marker_key(namespace, seq), b"x"))
+            engine.write_batch_multi(ops, sync=do_sync)
             previous_batch = seq
         else:
             engine.put(put_key(namespace, seq), put_value(seq), sync=do_sync)

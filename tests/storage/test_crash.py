@@ -30,7 +30,7 @@ import pytest
 
 from tidekv.storage import open_engine
 
-from .crash_writer import batch_value, group_key, marker_key, plan, put_key, put_value
+from .crash_writer import SIDE, batch_value, group_key, marker_key, plan, put_key, put_value
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 BASE_SEED = int(os.environ.get("TIDEKV_CRASH_SEED", "20260511"))
@@ -161,7 +161,10 @@ def crash_rounds(name: str, tmp_path: Path, rounds: int, sync: bool, seed0: int)
         r = crash_round(name, path, seed0 + i, ns, sync)
         engine = open_engine(name, str(path))  # must open cleanly after the kill
         try:
-            data = dict(engine.scan())
+            data = dict(engine.keyspace("default").scan())
+            side = dict(engine.keyspace(SIDE).scan())  # the other half of every batch
+            assert not data.keys() & side.keys()
+            data.update(side)
         finally:
             engine.close()
         mine = {k: v for k, v in data.items() if k.startswith(r.ns + b" ")}

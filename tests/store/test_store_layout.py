@@ -1,5 +1,6 @@
-"""The store's record layout (statemachine.py): a value is stored once, format-1 stores
-still read, and readers without the write lock always find a version's value."""
+"""The store's record layout (statemachine.py): a value is stored once, key records have
+their own keyspace (format 3), format-1 and format-2 stores still read, and readers
+without the write lock always find a version's value."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import threading
 from pathlib import Path
 
 import msgspec
+import pytest
 
 import tidekv
+from tidekv.errors import CorruptionError
 from tidekv.statemachine import (
+    FORMAT_KEY,
+    KEYS_KEYSPACE,
     D,
     K,
     V,
@@ -21,7 +26,7 @@ from tidekv.statemachine import (
     value_key,
     version_key,
 )
-from tidekv.storage import open_engine
+from tidekv.storage import DEFAULT_KEYSPACE, open_engine
 from tidekv.store import Store
 from tidekv.versioning import HLCTimestamp, Version, make_version
 
@@ -183,8 +188,10 @@ def test_engine_records_of_one_change(store: Store) -> None:
 
     def tags() -> dict[bytes, int]:
         out: dict[bytes, int] = {}
-        for k, _v in store.engine.scan(b"", None):
+        for k, _v in store.engine.keyspace(DEFAULT_KEYSPACE).scan():
             out[k[:1]] = out.get(k[:1], 0) + 1
+        assert K not in out  # format 3: key records live in their own keyspace only
+        out[K] = sum(1 for _ in store.engine.keyspace(KEYS_KEYSPACE).scan())
         return out
 
     before = tags()
@@ -204,3 +211,75 @@ def test_engine_records_of_one_change(store: Store) -> None:
         D: 1,
         b"C": 1,
     }
+
+
+def test_a_new_store_keeps_key_records_in_their_own_keyspace(
+    engine_name: str, tmp_path: Path
+) -> None:
+    with tidekv.open(str(tmp_path), engine_name) as s:
+        v = s.put("k", b"v")
+        assert s.engine.get(FORMAT_KEY) == b"3"
+        keys = s.engine.keyspace(KEYS_KEYSPACE)
+        assert [k for k, _v in keys.scan()] == [b"k"]
+        assert s.engine.get(key_key("k")) is None
+        assert s.sm.key_record("k") is not None
+        assert s.sm.key_record("k").version == v.version  # type: ignore[union-attr]
+        assert KEYS_KEYSPACE in s.engine.keyspaces()
+
+
+def _format2_store(path: Path, engine_name: str) -> list[WriteResult]:
+    """A store in the format-2 layout: K records in the default keyspace, no M format
+    (written with today's state machine forced to format 2, as the code before format 3
+    wrote it: the records of formats 2 and 3 differ only in where K lives)."""
+    from tidekv.statemachine import StateMachine
+
+    eng = open_engine(engine_name, None if engine_name == "memory" else str(path))
+    eng.put(b"Morigin", b"old-site", sync=True)  # data before the state machine opens
+    sm = StateMachine(eng)
+    assert sm.format == 2 and sm.kprefix == K
+    out = []
+    t = 1_763_800_000_000
+    for i, (key, value) in enumerate([("a", b"a1"), ("b", b"b1"), ("a", b"a2")]):
+        cmd = WriteCommand(
+            key=key,
+            value=value,
+            content_type="application/octet-stream",
+            hlc=HLCTimestamp(t + i, 0),
+            origin="old-site",
+        )
+        out.append(sm.apply(cmd))
+    assert eng.get(FORMAT_KEY) is None
+    assert eng.get(key_key("a")) is not None
+    eng.close()
+    return out
+
+
+def test_a_format_2_store_opens_reads_and_takes_new_writes(
+    durable_engine: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    a1, b1, a2 = _format2_store(tmp_path / "data", durable_engine)
+    (tmp_path / "tidekv.json").write_text(f'{{"engine": "{durable_engine}", "format": 1}}')
+    with tidekv.open(str(tmp_path), clock=clock) as s:
+        assert s.sm.format == 2
+        assert s.origin == "old-site" and s.revision == 3
+        assert s.get("a").value == b"a2" and s.get("b").value == b"b1"
+        assert s.get("a", version=a1.version).value == b"a1"
+        assert [i.key for i in s.scan()] == ["a", "b"]
+        assert [i.key for i in s.scan("b")] == ["b"]
+        new = s.put("b", b"b2")
+        assert new.parents == (b1.version,)
+        assert s.verify() == {"keys": 2, "versions": 4, "revision": 4}
+        # still format 2: nothing went to the keys keyspace, no format record
+        assert s.engine.get(FORMAT_KEY) is None
+        assert s.engine.get(key_key("b")) is not None
+    with tidekv.open(str(tmp_path), clock=clock) as s:
+        assert s.get("b").value == b"b2"
+        assert [vi.version.id for vi in s.history("a")] == [a2.version, a1.version]
+
+
+def test_an_unknown_store_format_is_refused(tmp_path: Path) -> None:
+    with tidekv.open(str(tmp_path), "lsm") as s:
+        s.put("k", b"v")
+        s.engine.put(FORMAT_KEY, b"9", sync=True)
+    with pytest.raises(CorruptionError, match="unknown store format"):
+        tidekv.open(str(tmp_path))

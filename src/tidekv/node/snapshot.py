@@ -6,7 +6,10 @@ installed by a follower by replacing its engine's contents in ONE atomic batch t
 also records the snapshot's (index, term, membership) under ``M snapshot``, so a crash
 between the engine install and the log's record of it is repaired on restart.
 
-Format: msgpack ``[format, [[key, value], ...]]``. Everything is in memory at once:
+Format 2: msgpack ``[2, [[keyspace, [[key, value], ...]], ...]]``, every keyspace of
+the engine (the default one first); a restore also empties the keyspaces the snapshot
+does not have. Format 1 (``[1, [[key, value], ...]]``, the default keyspace only) is
+still installed. Everything is in memory at once:
 fine for the data sizes of this stage; a chunked stream is future work (noted in
 docs/architecture.md).
 """
@@ -15,12 +18,13 @@ from __future__ import annotations
 
 import msgspec
 
-from tidekv.errors import CorruptionError
+from tidekv.errors import CorruptionError, InvalidInput
 from tidekv.raft import ConfState, SnapshotMeta
 from tidekv.statemachine import meta_key
-from tidekv.storage import Engine, Op
+from tidekv.storage import DEFAULT_KEYSPACE, Engine, KsOp, Op
+from tidekv.storage.base import check_keyspace_name
 
-FORMAT = 1
+FORMAT = 2
 SNAPSHOT_META_KEY = meta_key("snapshot")
 
 _enc = msgspec.msgpack.Encoder()
@@ -28,9 +32,15 @@ _meta_dec = msgspec.msgpack.Decoder(SnapshotMeta)
 
 
 def dump_engine(engine: Engine) -> bytes:
-    """Every key of the engine except the snapshot marker itself."""
-    pairs = [[k, v] for k, v in engine.scan(b"", None) if k != SNAPSHOT_META_KEY]
-    return _enc.encode([FORMAT, pairs])
+    """Every key of every keyspace of the engine except the snapshot marker itself."""
+    spaces = []
+    for name in engine.keyspaces():
+        pairs = engine.keyspace(name).scan()
+        if name == DEFAULT_KEYSPACE:
+            spaces.append([name, [[k, v] for k, v in pairs if k != SNAPSHOT_META_KEY]])
+        else:
+            spaces.append([name, [[k, v] for k, v in pairs]])
+    return _enc.encode([FORMAT, spaces])
 
 
 def restore_engine(engine: Engine, data: bytes, meta: SnapshotMeta) -> None:
@@ -39,13 +49,30 @@ def restore_engine(engine: Engine, data: bytes, meta: SnapshotMeta) -> None:
         fmt, pairs = msgspec.msgpack.decode(data)
     except (msgspec.DecodeError, ValueError, TypeError) as exc:
         raise CorruptionError(f"unreadable snapshot: {exc}") from exc
-    if fmt != FORMAT:
-        raise CorruptionError(f"snapshot format {fmt} is not {FORMAT}")
-    new = {bytes(k): bytes(v) for k, v in pairs}
-    ops: list[Op] = [(k, None) for k, _v in engine.scan(b"", None) if k not in new]
-    ops.extend(new.items())
-    ops.append((SNAPSHOT_META_KEY, _enc.encode(meta)))
-    engine.write_batch(ops, sync=True)
+    if fmt == 1:
+        spaces = [[DEFAULT_KEYSPACE, pairs]]
+    elif fmt == FORMAT:
+        spaces = pairs
+    else:
+        raise CorruptionError(f"snapshot format {fmt} is neither 1 nor {FORMAT}")
+    try:
+        wanted = {str(name): {bytes(k): bytes(v) for k, v in kv} for name, kv in spaces}
+    except (TypeError, ValueError) as exc:
+        raise CorruptionError(f"unreadable snapshot: {exc}") from exc
+    for name in wanted:
+        if name != DEFAULT_KEYSPACE:
+            try:
+                check_keyspace_name(name)
+            except InvalidInput as exc:
+                raise CorruptionError(f"snapshot with a bad keyspace: {exc}") from exc
+    ops: list[KsOp] = []
+    for name in sorted(set(engine.keyspaces()) | set(wanted)):
+        ks = engine.keyspace(name)  # checks the name; creates a missing keyspace
+        new = wanted.get(name, {})
+        ops.extend((ks, k, None) for k, _v in ks.scan() if k not in new)
+        ops.extend((ks, k, v) for k, v in new.items())
+    ops.append((engine.keyspace(DEFAULT_KEYSPACE), SNAPSHOT_META_KEY, _enc.encode(meta)))
+    engine.write_batch_multi(ops, sync=True)
 
 
 def stored_snapshot_meta(engine: Engine) -> SnapshotMeta | None:

@@ -16,7 +16,7 @@ import importlib
 from typing import Any
 
 from tidekv.errors import InvalidInput
-from tidekv.storage.base import Engine, Op, prefix_end
+from tidekv.storage.base import DEFAULT_KEYSPACE, Engine, Keyspace, KsOp, Op, prefix_end
 
 #: engine name -> "module:class"
 ENGINES: dict[str, str] = {
@@ -49,4 +49,14 @@ def open_engine(name: str, path: str | None, **options: Any) -> Engine:
     return engine_class(name)(path, **options)
 
 
-__all__ = ["ENGINES", "Engine", "Op", "engine_class", "open_engine", "prefix_end"]
+__all__ = [
+    "DEFAULT_KEYSPACE",
+    "ENGINES",
+    "Engine",
+    "Keyspace",
+    "KsOp",
+    "Op",
+    "engine_class",
+    "open_engine",
+    "prefix_end",
+]

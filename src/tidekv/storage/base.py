@@ -18,16 +18,53 @@ torn value. ``scan`` and ``multi_get`` are NOT snapshots: while a batch is being
 written, a scan may see some of its keys and not others (the embedded store never
 relies on this: every cross-record invariant it keeps is per key record, and version
 records are immutable).
+
+Keyspaces: an engine holds several named, independent ordered maps. ``engine.keyspace(
+name)`` opens (creating on first use, durably) the keyspace ``name`` and returns a
+:class:`Keyspace` with its own ``get``/``multi_get``/``put``/``delete``/``scan``; the
+plain engine methods work on the default keyspace (:data:`DEFAULT_KEYSPACE`).
+:meth:`Engine.write_batch_multi` applies operations on several keyspaces in ONE atomic
+batch, with the same guarantees as ``write_batch``. The ``lsm`` engine maps a keyspace
+to a RocksDB column family (its own memtables, files and bloom filters). The other
+engines store a named keyspace inside the default one, under keys that start with
+:data:`RESERVED_PREFIX` (``0xff 0xff 0xfe``): on those engines default-keyspace keys
+from that prefix up are reserved (``engine.keyspace(DEFAULT_KEYSPACE).scan`` stops
+before them; the plain ``engine.scan`` does not).
 """
 
 from __future__ import annotations
 
+import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Self
 
+from tidekv.errors import InvalidInput
+
 Op = tuple[bytes, bytes | None]
 """One write-batch operation: ``(key, value)``, ``value is None`` deletes ``key``."""
+
+KsOp = tuple["Keyspace", bytes, bytes | None]
+"""One cross-keyspace batch operation: ``(keyspace, key, value)``."""
+
+DEFAULT_KEYSPACE = "default"
+"""The keyspace that the plain engine methods read and write."""
+
+RESERVED_PREFIX = b"\xff\xff\xfe"
+"""Where engines without native keyspaces keep the named ones (in the default keyspace)."""
+
+_NAMES = RESERVED_PREFIX + b"\x00"  # + name -> b"1": the keyspaces created
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+
+
+def check_keyspace_name(name: str) -> str:
+    """``name`` when it is a valid keyspace name (``[a-z][a-z0-9_]*``, at most 32)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidInput(
+            f"invalid keyspace name {name!r}: use 1-32 of a-z, 0-9, _ (a letter first)"
+        )
+    return name
 
 
 def prefix_end(prefix: bytes) -> bytes | None:
@@ -44,15 +81,136 @@ def prefix_end(prefix: bytes) -> bytes | None:
     return None
 
 
+class Keyspace:
+    """One named keyspace of an engine: an ordered map of its own.
+
+    This base implementation stores the keyspace inside the engine's default keyspace
+    under ``RESERVED_PREFIX + name + 0x00`` (engines with native keyspaces subclass it).
+    """
+
+    __slots__ = ("_n", "_prefix", "engine", "name")
+
+    #: what an engine's batch needs to address the keyspace (``None``: the default one)
+    handle: Any = None
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self._prefix = RESERVED_PREFIX + name.encode() + b"\x00"
+        self._n = len(self._prefix)
+
+    def raw_key(self, key: bytes) -> bytes:
+        """The default-keyspace key that holds ``key`` of this keyspace."""
+        return self._prefix + key
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.engine.get(self._prefix + key)
+
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        p = self._prefix
+        return self.engine.multi_get([p + k for k in keys])
+
+    def put(self, key: bytes, value: bytes, *, sync: bool = False) -> None:
+        self.engine.write_batch_multi([(self, key, value)], sync=sync)
+
+    def delete(self, key: bytes, *, sync: bool = False) -> None:
+        self.engine.write_batch_multi([(self, key, None)], sync=sync)
+
+    def scan(
+        self,
+        start: bytes = b"",
+        end: bytes | None = None,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Pairs of this keyspace with ``start <= key < end`` (see :meth:`Engine.scan`)."""
+        p, n = self._prefix, self._n
+        hi = prefix_end(p) if end is None else p + end
+        pairs = self.engine.scan(p + start, hi, reverse=reverse, limit=limit)
+        return ((k[n:], v) for k, v in pairs)
+
+    def scan_prefix(
+        self, prefix: bytes, *, reverse: bool = False, limit: int | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        return self.scan(prefix, prefix_end(prefix), reverse=reverse, limit=limit)
+
+
+class DefaultKeyspace(Keyspace):
+    """The default keyspace as a :class:`Keyspace` (its scans stop before the
+    reserved prefix on engines without native keyspaces)."""
+
+    __slots__ = ()
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine, DEFAULT_KEYSPACE)
+
+    def raw_key(self, key: bytes) -> bytes:
+        return key
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.engine.get(key)
+
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return self.engine.multi_get(keys)
+
+    def scan(
+        self,
+        start: bytes = b"",
+        end: bytes | None = None,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        if not self.engine.native_keyspaces and (end is None or end > RESERVED_PREFIX):
+            end = RESERVED_PREFIX
+        return self.engine.scan(start, end, reverse=reverse, limit=limit)
+
+
 class Engine(ABC):
     """A durable ordered key-value map."""
 
     #: short name of the engine kind ("lsm", "btree", "hash", "memory")
     name: str = ""
+    #: True when the engine keeps keyspaces apart itself (no reserved prefix)
+    native_keyspaces: bool = False
 
     def __init__(self, path: str | None, **options: Any) -> None:
         self.path = path
         self.options = options
+        self._keyspaces: dict[str, Keyspace] = {}
+        self._keyspaces_lock = threading.Lock()  # one object (and creation) per name
+
+    # -- keyspaces -----------------------------------------------------------------
+
+    def keyspace(self, name: str) -> Keyspace:
+        """The keyspace ``name``, created (durably) when it does not exist yet."""
+        ks = self._keyspaces.get(name)
+        if ks is None:
+            with self._keyspaces_lock:
+                ks = self._keyspaces.get(name)
+                if ks is None:
+                    if name == DEFAULT_KEYSPACE:
+                        ks = DefaultKeyspace(self)
+                    else:
+                        ks = self._open_keyspace(check_keyspace_name(name))
+                    self._keyspaces[name] = ks
+        return ks
+
+    def _open_keyspace(self, name: str) -> Keyspace:
+        marker = _NAMES + name.encode()
+        if self.get(marker) is None:
+            self.put(marker, b"1", sync=True)
+        return Keyspace(self, name)
+
+    def keyspaces(self) -> list[str]:
+        """The names of every keyspace that exists, the default one first."""
+        names = [k[len(_NAMES) :].decode() for k, _v in self.scan_prefix(_NAMES)]
+        return [DEFAULT_KEYSPACE, *sorted(names)]
+
+    def write_batch_multi(self, ops: Iterable[KsOp], *, sync: bool = False) -> None:
+        """Apply operations on several keyspaces atomically (all or nothing)."""
+        self.write_batch([(ks.raw_key(key), value) for ks, key, value in ops], sync=sync)
 
     @abstractmethod
     def get(self, key: bytes) -> bytes | None:

@@ -33,6 +33,11 @@ at the last key below ``end`` and stop at ``start``. Pairs are produced lazily, 
 ``limit`` or an early ``break`` reads only what is used. A scan sees the data as of
 the moment it started (writes made while it runs are not seen).
 
+Keyspaces are RocksDB column families (the default keyspace is RocksDB's ``default``
+family); every family uses the engine's options and shares its block cache, and
+:meth:`LSMEngine.write_batch_multi` is one RocksDB ``WriteBatch`` across families, so it
+is one WAL record: all or nothing.
+
 Thread safety: RocksDB is safe for concurrent use; the engine adds a lock only around
 opening/closing and the bookkeeping of live iterators (closing drops them so the
 database files are released and the engine can be reopened in the same process).
@@ -60,7 +65,7 @@ from rocksdict import (
 )
 
 from tidekv.errors import CorruptionError, InvalidInput, StorageError, StoreClosed
-from tidekv.storage.base import Engine, Op
+from tidekv.storage.base import DEFAULT_KEYSPACE, Engine, Keyspace, KsOp, Op
 
 _DEFAULTS: dict[str, Any] = {
     "block_cache_mb": 64,
@@ -106,10 +111,63 @@ class _LiveIter:
         self.read_opt = None
 
 
+_RELEASED = object()  # the handle of a family whose engine closed
+
+
+class LSMKeyspace(Keyspace):
+    """A column family: reads go to its ``Rdict`` view, writes carry its handle."""
+
+    __slots__ = ("cf", "handle")
+
+    def __init__(self, engine: LSMEngine, name: str, cf: Rdict, handle: Any) -> None:
+        super().__init__(engine, name)
+        self.cf: Rdict | None = cf
+        self.handle: Any = handle
+
+    def raw_key(self, key: bytes) -> bytes:
+        raise TypeError("a column family has no raw keys in the default keyspace")
+
+    def release(self) -> None:
+        # not None: that would name the default family in a batch
+        cf, self.cf, self.handle = self.cf, None, _RELEASED
+        if cf is not None:
+            cf.close()
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            value: bytes | None = self.cf.get(key)  # type: ignore[union-attr]
+        except Exception as exc:
+            raise self.engine._fail(exc, "get") from exc  # type: ignore[attr-defined]
+        return value
+
+    def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            return cast(list[bytes | None], self.cf.get(list(keys)))  # type: ignore[union-attr]
+        except Exception as exc:
+            raise self.engine._fail(exc, "multi_get") from exc  # type: ignore[attr-defined]
+
+    def scan(
+        self,
+        start: bytes = b"",
+        end: bytes | None = None,
+        *,
+        reverse: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        engine = cast(LSMEngine, self.engine)
+        engine._check()
+        if self.cf is None:
+            raise StoreClosed("engine is closed", engine="lsm")
+        return engine._scan_db(self.cf, start, end, reverse, limit)
+
+
 class LSMEngine(Engine):
     """RocksDB (LSM-tree) engine. ``path`` is the database directory."""
 
     name = "lsm"
+    native_keyspaces = True
 
     def __init__(self, path: str | None, **options: Any) -> None:
         super().__init__(path, **options)
@@ -134,12 +192,12 @@ class LSMEngine(Engine):
         #: the compression actually in use (falls back to "none" if not compiled in)
         self.compression: str = opts["compression"]
         try:
-            self._db = Rdict(path, self._options(opts, self.compression))
+            self._db = self._open_db(path, self._options(opts, self.compression))
         except Exception as exc:  # rocksdict raises plain Exception for RocksDB status
             if self.compression != "none" and "ompression" in str(exc):
                 self.compression = "none"
                 try:
-                    self._db = Rdict(path, self._options(opts, "none"))
+                    self._db = self._open_db(path, self._options(opts, "none"))
                 except Exception as exc2:
                     raise _storage_error(exc2, "open") from exc2
             else:
@@ -148,6 +206,62 @@ class LSMEngine(Engine):
         self._wo_sync.sync = True
         self._wo_nosync = WriteOptions()
         self._wo_nosync.sync = False
+
+    def _open_db(self, path: str, options: Options) -> Rdict:
+        """Open the database with every column family it has."""
+        self._cf_options = options
+        families: list[str] = []
+        if os.path.exists(os.path.join(path, "CURRENT")):
+            families = [n for n in Rdict.list_cf(path, options) if n != DEFAULT_KEYSPACE]
+        if not families:
+            return Rdict(path, options)
+        return Rdict(path, options, column_families={n: options for n in families})
+
+    def _open_keyspace(self, name: str) -> Keyspace:
+        with self._lock:
+            self._check()
+            try:
+                if name in Rdict.list_cf(self._db_path(), self._cf_options):
+                    cf = self._db.get_column_family(name)
+                else:
+                    cf = self._db.create_column_family(name, self._cf_options)
+                handle = self._db.get_column_family_handle(name)
+            except Exception as exc:
+                raise self._fail(exc, "create_column_family") from exc
+        return LSMKeyspace(self, name, cf, handle)
+
+    def _db_path(self) -> str:
+        assert self.path is not None
+        return self.path
+
+    def keyspaces(self) -> list[str]:
+        self._check()
+        try:
+            names = Rdict.list_cf(self._db_path(), self._cf_options)
+        except Exception as exc:
+            raise self._fail(exc, "list_cf") from exc
+        return [DEFAULT_KEYSPACE, *sorted(n for n in names if n != DEFAULT_KEYSPACE)]
+
+    def write_batch_multi(self, ops: Iterable[KsOp], *, sync: bool = False) -> None:
+        """One ``WriteBatch`` across column families (the store's write hot path: one
+        Python call per operation)."""
+        self._check()
+        batch = WriteBatch(raw_mode=True)
+        put, delete = batch.put, batch.delete
+        try:
+            for ks, key, value in ops:  # an error here leaves the database untouched
+                if value is None:
+                    delete(key, ks.handle)
+                else:
+                    put(key, value, ks.handle)
+        except TypeError:
+            if self._closed:  # a released family's handle is not a ColumnFamily
+                raise StoreClosed("engine is closed", engine="lsm") from None
+            raise
+        try:
+            self._db.write(batch, self._wo_sync if sync else self._wo_nosync)
+        except Exception as exc:
+            raise self._fail(exc, "write_batch") from exc
 
     @staticmethod
     def _options(opts: dict[str, Any], compression: str) -> Options:
@@ -208,6 +322,11 @@ class LSMEngine(Engine):
         limit: int | None = None,
     ) -> Iterator[tuple[bytes, bytes]]:
         self._check()
+        return self._scan_db(self._db, start, end, reverse, limit)
+
+    def _scan_db(
+        self, db: Rdict, start: bytes, end: bytes | None, reverse: bool, limit: int | None
+    ) -> Iterator[tuple[bytes, bytes]]:
         if (end is not None and start >= end) or (limit is not None and limit <= 0):
             return iter(())
         read_opt = ReadOptions()
@@ -218,11 +337,11 @@ class LSMEngine(Engine):
         try:
             it: Iterator[tuple[bytes, bytes]]
             if reverse:
-                it = cast(_Pairs, self._db.items(backwards=True, read_opt=read_opt))
+                it = cast(_Pairs, db.items(backwards=True, read_opt=read_opt))
                 if start:
                     it = itertools.takewhile((start,).__le__, it)
             else:
-                it = cast(_Pairs, self._db.items(from_key=start, read_opt=read_opt))
+                it = cast(_Pairs, db.items(from_key=start, read_opt=read_opt))
         except Exception as exc:
             raise self._fail(exc, "scan") from exc
         if limit is not None:
@@ -300,6 +419,9 @@ class LSMEngine(Engine):
             for live in self._live.values():
                 live.release()  # drop the iterators: they keep the DB (and its lock) alive
             self._live.clear()
+            for ks in self._keyspaces.values():
+                if isinstance(ks, LSMKeyspace):
+                    ks.release()  # the family handles keep the DB (and its lock) alive too
         try:
             self._db.flush_wal(True)
         except Exception as exc:
