@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,19 +18,10 @@ from typing import Any
 
 import httpx
 
+from tidekv.chaos.ports import port_free
 from tidekv.cli_node import serve_command
 
 DEADLINE = 60.0
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_base_port(n: int, rng_seed: int | None = None) -> int:

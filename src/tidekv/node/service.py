@@ -341,20 +341,15 @@ class NodeService:
         members = set(conf.voters) | set(conf.learners)
         for other_id in sorted(members - {node_id}):
             other = rep.peers.get(other_id)
-            if other is not None and peer.address in (other.address, other.raft_address):
-                raise Conflict(
-                    f"address {peer.address} is already node {other_id}'s; "
-                    "a new node needs an address of its own",
-                    id=node_id,
-                    address=peer.address,
-                )
-            if other is not None and peer.raft_address in (other.address, other.raft_address):
-                raise Conflict(
-                    f"peer address {peer.raft_address} is already node {other_id}'s; "
-                    "a new node needs an address of its own",
-                    id=node_id,
-                    address=peer.raft_address,
-                )
+            taken = () if other is None else (other.address, other.raft_address)
+            for what, addr in (("address", peer.address), ("peer address", peer.raft_address)):
+                if addr in taken:
+                    raise Conflict(
+                        f"{what} {addr} is already node {other_id}'s; "
+                        "a new node needs an address of its own",
+                        id=node_id,
+                        address=addr,
+                    )
         if node_id not in conf.learners:
             await rep.conf_change(Replica.add_change(peer, learner=True), self.timeout)
         wait = max(30.0, self.timeout * 6)
