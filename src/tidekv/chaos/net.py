@@ -10,6 +10,12 @@ kernel without netem, a token-bucket rate limit) on the node's ``eth0``. Everyth
 removed by :meth:`Netns.teardown` (which :meth:`Netns.setup` also runs first, so the
 leftovers of a crashed run with the same tag go too).
 
+A run holds an ``flock`` on ``/run/tidekv-chaos/<tag>.lock`` from setup to teardown; the
+kernel drops it when the process dies, however it dies. :func:`sweep_stale` (run by
+:meth:`Netns.setup`) removes the namespaces, veths and bridges of every tag whose lock
+no live process holds: what a run killed with SIGKILL, or a pytest stopped mid-test,
+left behind.
+
 When namespaces are not permitted (no root, no ``ip``, a container without
 ``CAP_NET_ADMIN``) :func:`probe` says why and the runner falls back to loopback.
 """
@@ -17,15 +23,94 @@ When namespaces are not permitted (no root, no ``ip``, a container without
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 
-__all__ = ["Loopback", "Netns", "NetworkError", "probe"]
+__all__ = ["Loopback", "Netns", "NetworkError", "probe", "sweep_stale"]
+
+LOCK_DIR = "/run/tidekv-chaos"
+_NS_NAME = re.compile(r"^tc([0-9a-f]{1,6})n\d+$")
+_LINK_NAME = re.compile(r"^tc([0-9a-f]{1,6})(?:br|h\d+)$")
 
 
 class NetworkError(RuntimeError):
     pass
+
+
+def _lock_path(tag: str) -> str:
+    return os.path.join(LOCK_DIR, f"{tag}.lock")
+
+
+def _hold(tag: str) -> int:
+    """Take the run's ownership lock for ``tag``; the fd stays open until :func:`_release`."""
+    os.makedirs(LOCK_DIR, exist_ok=True)
+    fd = os.open(_lock_path(tag), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise NetworkError(f"chaos network tag {tag} is in use by a running harness") from None
+    return fd
+
+
+def _release(tag: str, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(_lock_path(tag))
+    os.close(fd)
+
+
+def _owned(tag: str) -> bool:
+    """Whether a live process holds ``tag``'s lock."""
+    try:
+        fd = os.open(_lock_path(tag), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock we may just have taken
+    return False
+
+
+def _links() -> list[str]:
+    names = []
+    for line in _run(["ip", "-o", "link", "show"], check=False).stdout.splitlines():
+        parts = line.split(":")
+        if len(parts) > 1:
+            names.append(parts[1].strip().split("@")[0])
+    return names
+
+
+def sweep_stale() -> list[str]:
+    """Remove the namespaces and links of chaos runs that are gone; returns the tags."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for ns in _run(["ip", "netns", "list"], check=False).stdout.split():
+        m = _NS_NAME.match(ns)
+        if m:
+            found.setdefault(m.group(1), []).append(("netns", ns))
+    for name in _links():
+        m = _LINK_NAME.match(name)
+        if m:
+            found.setdefault(m.group(1), []).append(("link", name))
+    swept = []
+    for tag, things in sorted(found.items()):
+        if _owned(tag):
+            continue
+        for kind, name in things:
+            if kind == "link":
+                _run(["ip", "link", "del", name], check=False)
+            else:
+                _run(["ip", "netns", "del", name], check=False)
+        with contextlib.suppress(OSError):
+            os.unlink(_lock_path(tag))
+        swept.append(tag)
+    return swept
 
 
 def _run(cmd: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -87,13 +172,15 @@ class Netns:
     PORT = 7070
 
     def __init__(self, tag: str, subnet: tuple[int, int]) -> None:
-        if len(tag) > 6:
-            raise ValueError("the tag must be at most 6 characters (interface names)")
+        if not re.fullmatch(r"[0-9a-f]{1,6}", tag):
+            # at most 6 characters for interface names; hex so sweep_stale can parse names
+            raise ValueError("the tag must be 1 to 6 lowercase hex digits")
         self.tag = tag
         self.subnet = subnet
         self.nodes: list[int] = []
         self.bridge = f"tc{tag}br"
         self.netem: bool | None = None  # found out at the first slow-net fault
+        self._lock: int | None = None
 
     def ns(self, i: int) -> str:
         return f"tc{self.tag}n{i}"
@@ -113,7 +200,9 @@ class Netns:
     def setup(self, nodes: Iterable[int]) -> None:
         a, b = self.subnet
         self.nodes = list(nodes)
-        self.teardown()
+        self._lock = _hold(self.tag)
+        self.teardown(release=False)
+        sweep_stale()
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
         _run(["ip", "addr", "add", f"10.{a}.{b}.254/24", "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
@@ -143,17 +232,16 @@ class Netns:
                 ]
             )
 
-    def teardown(self) -> None:
-        listed = _run(["ip", "-o", "link", "show"], check=False).stdout
-        for line in listed.splitlines():
-            parts = line.split(":")
-            if len(parts) > 1:
-                name = parts[1].strip().split("@")[0]
-                if name.startswith(f"tc{self.tag}h") or name == self.bridge:
-                    _run(["ip", "link", "del", name], check=False)
+    def teardown(self, *, release: bool = True) -> None:
+        for name in _links():
+            if name.startswith(f"tc{self.tag}h") or name == self.bridge:
+                _run(["ip", "link", "del", name], check=False)
         for ns in _run(["ip", "netns", "list"], check=False).stdout.split():
             if ns.startswith(f"tc{self.tag}n"):
                 _run(["ip", "netns", "del", ns], check=False)
+        if release and self._lock is not None:
+            _release(self.tag, self._lock)
+            self._lock = None
 
     # -- faults -----------------------------------------------------------------------------
 
