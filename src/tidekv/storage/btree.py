@@ -67,7 +67,7 @@ import hashlib
 import os
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice, takewhile
 from typing import Any
 
@@ -378,6 +378,37 @@ class BTreeEngine(Engine):
             raise _storage_error(exc, "scan") from exc
         finally:
             self._end_read(txn)
+
+    def _raw_snapshot(self) -> tuple[Iterator[tuple[bytes, bytes]], Callable[[], None]]:
+        """One LMDB read transaction held until release (MVCC: a consistent view that
+        pins the pages it sees; map growth and close wait for it)."""
+        self._check()
+        txn = self._begin_read()
+        released = False
+
+        def raw() -> Iterator[tuple[bytes, bytes]]:
+            try:
+                cur = txn.cursor()
+                if not cur.first():
+                    return
+                it = cur.iternext()
+                while True:
+                    chunk = list(islice(it, self._scan_chunk))
+                    if not chunk:
+                        return
+                    yield from chunk
+                    if released:
+                        raise StoreClosed("the snapshot view was closed", engine="btree")
+            except lmdb.Error as exc:
+                raise _storage_error(exc, "snapshot scan") from exc
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._end_read(txn)
+
+        return self._real_pairs(raw(), False), release
 
     # -- writes --------------------------------------------------------------------
 
