@@ -106,7 +106,7 @@ def test_a_stopped_follower_catches_up_by_a_streamed_snapshot_in_bounded_memory(
 
     log = (c.root / f"n{follower}.log").read_text()
     assert "installing snapshot" in log
-    assert growth_mb < 24, f"leader RSS grew {growth_mb:.1f} MB sending {engine_mb:.0f} MB"
+    assert growth_mb < 16, f"leader RSS grew {growth_mb:.1f} MB sending {engine_mb:.0f} MB"
     assert engine_mb >= 40
     leftovers = [p.name for p in _engine_dir(c, follower).parent.iterdir()]
     assert leftovers == ["engine"], leftovers
