@@ -21,16 +21,21 @@ faster (alike for 128-entry AppendEntries, where building the entries dominates)
 message to and from it costs more CPU than the bytes save on loopback. Each frame names
 its sender, so there is no handshake and any frame can be read alone. A receiver closes a
 connection whose frame announces more than ``max_frame_size`` bytes (default 512 MiB: a
-snapshot travels whole in one frame) or whose payload does not decode; the sender drops a
-frame it would not accept itself.
+whole-engine snapshot of an older node travels in one frame) or whose payload does not
+decode; the sender drops a frame it would not accept itself.
 
 Connections are one-directional, like etcd's rafthttp streams: each node dials every
 peer for sending (one long-lived *stream* connection per peer) and accepts inbound
 connections for receiving; a peer never writes back on a connection it accepted. A
 message of type ``SNAP`` (InstallSnapshot) does not ride the stream: it gets a
 connection of its own, opened for it and closed after it, so a big snapshot neither
-holds back heartbeats behind it nor needs the stream's write buffer, and "fully written
-to the socket" is observable (the close completes once the kernel has every byte).
+holds back heartbeats behind it nor needs the stream's write buffer. A streamed snapshot
+(format 3, :mod:`tidekv.node.snapstream`) sends the message frame, then its chunks, one
+at a time as the socket drains (high-water mark: two chunks), and the receiver answers
+one byte (the only write on an accepted connection) once the snapshot is staged; only
+then is the message delivered, and ``on_snapshot_status`` reports that answer. A
+whole-engine snapshot (formats 1-2) is one frame, reported ok once the close completes
+(the kernel has every byte).
 
 Delivery guarantees:
 

@@ -403,7 +403,7 @@ class LSMEngine(Engine):
             shutil.rmtree(where, ignore_errors=True)
             raise self._fail(exc, "checkpoint") from exc
         try:
-            view = LSMEngine(where, block_cache_mb=8, write_buffer_mb=4, background_jobs=1)
+            view = LSMEngine(where, block_cache_mb=1, write_buffer_mb=1, background_jobs=1)
         except BaseException:
             shutil.rmtree(where, ignore_errors=True)
             raise
