@@ -247,7 +247,10 @@ class SnapshotSink:
             shutil.rmtree(staging, ignore_errors=True)
             for stale in glob.glob(glob.escape(path) + READY + "*"):
                 shutil.rmtree(stale, ignore_errors=True)
-        self.engine = open_engine(self.engine_name, staging)
+        # a small memtable while staging (the options are not kept: the group reopens it
+        # with its own); RocksDB's default would hold up to 128 MB of the stream in RAM
+        opts = {"write_buffer_mb": 8} if self.engine_name == "lsm" else {}
+        self.engine = open_engine(self.engine_name, staging, **opts)
 
     def write(self, chunk: Chunk) -> None:
         engine = self.engine

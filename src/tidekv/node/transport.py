@@ -71,6 +71,7 @@ import random
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import msgspec
@@ -297,7 +298,8 @@ class _StreamIn:
         loop, sink, owner = self._loop, self._sink, self._owner
         ok = False
         try:
-            await loop.run_in_executor(None, sink.open)
+            pool = owner._snapshot_pool()
+            await loop.run_in_executor(pool, sink.open)
             seq = 0
             while True:
                 chunk = await self._next()
@@ -305,9 +307,9 @@ class _StreamIn:
                     raise CorruptionError(f"snapshot chunk {chunk.seq} where {seq} was due")
                 seq += 1
                 if chunk.last:
-                    await loop.run_in_executor(None, sink.finish, chunk)
+                    await loop.run_in_executor(pool, sink.finish, chunk)
                     break
-                await loop.run_in_executor(None, sink.write, chunk)
+                await loop.run_in_executor(pool, sink.write, chunk)
             ok = True
         except asyncio.CancelledError:
             logger.info("node %d: snapshot stream from node %d lost", owner.node_id, self._sender)
@@ -541,6 +543,7 @@ class PeerTransport:
         self._snapshot_sink = snapshot_sink
         self._snapshots = snapshots
         self._snapshot_chunk_bytes = snapshot_chunk_bytes
+        self._snap_pool: ThreadPoolExecutor | None = None
         self._high_water = high_water
         self._max_pending = max_pending
         self._max_snapshot_sends = max_snapshot_sends
@@ -635,6 +638,8 @@ class PeerTransport:
             await asyncio.gather(*(p.lost for p in inbound))
         if self._server is not None:
             await self._server.wait_closed()
+        if self._snap_pool is not None:
+            self._snap_pool.shutdown(wait=False)
 
     async def _wait_lost(self, conns: list[_Outbound]) -> None:
         pending = {c.lost for c in conns if not c.lost.done()}
@@ -781,6 +786,13 @@ class PeerTransport:
 
     # -- snapshots ------------------------------------------------------------------------
 
+    def _snapshot_pool(self) -> ThreadPoolExecutor:
+        """The worker threads that read views and write staged snapshots: few, so their
+        per-thread malloc arenas (each holding a chunk or two) stay few."""
+        if self._snap_pool is None:
+            self._snap_pool = ThreadPoolExecutor(2, thread_name_prefix="tidekv-snapshot")
+        return self._snap_pool
+
     def _release_view(self, m: Message) -> None:
         sid = _stream_id(m)
         if sid is not None:
@@ -866,6 +878,7 @@ class PeerTransport:
         ok = False
         sent = 0
         stall = self._snapshot_stall_timeout
+        pool = self._snapshot_pool()
         try:
             async with asyncio.timeout(self._connect_timeout):
                 transport, proto = await loop.create_connection(
@@ -877,7 +890,7 @@ class PeerTransport:
             transport.write(frame)
             sent += len(frame)
             while True:
-                payload = await loop.run_in_executor(None, source.next_chunk)
+                payload = await loop.run_in_executor(pool, source.next_chunk)
                 if payload is None:
                     break
                 if proto.lost.done():
@@ -901,7 +914,7 @@ class PeerTransport:
         except (OSError, TimeoutError) as e:
             logger.info("node %d: snapshot to node %d failed: %s", self.node_id, peer.node_id, e)
         finally:
-            await loop.run_in_executor(None, source.close)
+            await loop.run_in_executor(pool, source.close)
             if transport is not None:
                 if ok:
                     transport.close()
