@@ -175,6 +175,13 @@ def test_recovery_finishes_or_undoes_an_interrupted_swap(tmp_path: Path) -> None
     recover_engine_dir(path)
     assert _key_of(path) == [b"new"] and not Path(path + ".old").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]
+    # an install deletes the staged snapshots the core declined before it
+    other = bytes(16)
+    _engine_with(ready_path(path, other), b"declined")
+    _engine_with(ready_path(path, SID), b"newer")
+    install_staged("lsm", path, SID)
+    assert _key_of(path) == [b"newer"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine"]
 
 
 def test_the_header_is_small_and_tells_formats_apart() -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from tidekv.errors import NotLeader, Timeout, Unavailable
+from tidekv.errors import CorruptionError, NotLeader, Timeout, Unavailable
 from tidekv.node.command import (
     Command,
     decode_command,
@@ -51,6 +51,7 @@ from tidekv.node.snapstream import (
     decode_header,
     encode_header,
     install_staged,
+    is_staged,
     recover_engine_dir,
 )
 from tidekv.raft import (
@@ -586,6 +587,10 @@ class Replica:
         if sid is None:  # format 1 or 2: the whole engine in the message (older nodes)
             restore_engine(self.engine, snap.data, snap.meta)
         else:  # format 3: staged by the stream; swap the engine's directory
+            if not is_staged(self._engine_path, sid) or (
+                self._engine_path is None and sid not in self._staged_mem
+            ):  # cannot happen: the message is stepped only once the data is staged
+                raise CorruptionError(f"group {self.group}: snapshot {sid.hex()} not staged")
             OUTGOING.release_engine(self.engine)
             self.store.close()
             install_staged(self._engine_name, self._engine_path, sid)

@@ -245,8 +245,7 @@ class SnapshotSink:
         if path is not None:
             staging = path + INCOMING
             shutil.rmtree(staging, ignore_errors=True)
-            for stale in glob.glob(glob.escape(path) + READY + "*"):
-                shutil.rmtree(stale, ignore_errors=True)
+            # other ready directories stay: one may be about to be installed
         # a small memtable while staging (the options are not kept: the group reopens it
         # with its own); RocksDB's default would hold up to 128 MB of the stream in RAM
         opts = {"write_buffer_mb": 8} if self.engine_name == "lsm" else {}
@@ -315,9 +314,14 @@ def ready_path(path: str, snap_id: bytes) -> str:
     return path + READY + snap_id.hex()
 
 
+def is_staged(path: str | None, snap_id: bytes) -> bool:
+    return path is None or os.path.isdir(ready_path(path, snap_id))
+
+
 def install_staged(engine_name: str, path: str | None, snap_id: bytes) -> None:
     """Swap the staged engine of stream ``snap_id`` in at ``path`` (the group's engine
-    is closed); CorruptionError if it is not staged (nothing changes then)."""
+    is closed) and delete other staged ones (declined by the core); CorruptionError if
+    it is not staged (nothing changes then)."""
     if path is None:
         return
     ready = ready_path(path, snap_id)
@@ -331,6 +335,8 @@ def install_staged(engine_name: str, path: str | None, snap_id: bytes) -> None:
     os.rename(ready, path)  # the switch: from here on a crash rolls forward
     fsync_dir(parent)
     shutil.rmtree(old, ignore_errors=True)
+    for stale in glob.glob(glob.escape(path) + READY + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def recover_engine_dir(path: str | None) -> None:
