@@ -10,8 +10,12 @@ engine closes and reopens afterwards).
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
-from tidekv.storage import DEFAULT_KEYSPACE, Engine
+import pytest
+
+from tidekv.errors import StoreClosed
+from tidekv.storage import DEFAULT_KEYSPACE, Engine, open_engine
 
 from .conftest import Opened
 
@@ -83,3 +87,30 @@ def test_the_view_reads_from_another_thread_and_releases(engine: Engine, opened:
 def test_an_empty_engine_has_an_empty_view(engine: Engine) -> None:
     names, got = _view(engine)
     assert names == [DEFAULT_KEYSPACE] and got == {DEFAULT_KEYSPACE: {}}
+
+
+def test_btree_map_growth_releases_an_open_view_instead_of_waiting(tmp_path: Path) -> None:
+    engine = open_engine("btree", str(tmp_path / "db"), map_size=1 << 20)
+    try:
+        engine.put(b"a", b"1")
+        snap = engine.snapshot_iter()
+        it = iter(snap)
+        assert next(it) == (DEFAULT_KEYSPACE, b"a", b"1")
+        before = engine.map_size  # type: ignore[attr-defined]
+        engine.write_batch([(b"k%05d" % i, b"x" * 1000) for i in range(3000)])  # grows
+        assert engine.map_size > before  # type: ignore[attr-defined]
+        with pytest.raises(StoreClosed):
+            list(it)
+        snap.close()
+        _names, got = _view(engine)  # a new view after the growth sees everything
+        assert len(got[DEFAULT_KEYSPACE]) == 3001
+    finally:
+        engine.close()
+
+
+def test_closing_the_engine_releases_open_views(opened: Opened) -> None:
+    engine = opened.open()
+    engine.put(b"a", b"1")
+    snap = engine.snapshot_iter()
+    engine.close()  # must not wait for the view
+    snap.close()
