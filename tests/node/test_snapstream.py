@@ -240,3 +240,36 @@ def test_transport_streams_a_view_then_delivers_the_message(run: Run, tmp_path: 
     assert _contents(dst) == want
     dst.close()
     src.close()
+
+
+def test_a_replica_refuses_a_stale_or_second_stream(tmp_path: Path) -> None:
+    from .test_tombstones import close, open_replica
+
+    log, rep = open_replica(tmp_path, 1, bootstrap=True)  # applied: index 1
+    try:
+
+        def msg(index: int, term: int = 1) -> Message:
+            meta = SnapshotMeta(index=index, term=term, conf=META.conf)
+            return Message(
+                MessageType.SNAP,
+                to=1,
+                frm=2,
+                term=term,
+                snapshot=Snapshot(meta=meta, data=encode_header(SID)),
+            )
+
+        assert rep.snapshot_sink(msg(1)) is None  # not past what is applied: stale
+        whole = Message(
+            MessageType.SNAP, to=1, frm=2, term=1, snapshot=Snapshot(META, b"\x92\x02\x90")
+        )
+        assert rep.snapshot_sink(whole) is None  # not a stream
+        first = rep.snapshot_sink(msg(5))
+        assert first is not None
+        assert rep.snapshot_sink(msg(6)) is None  # one at a time per group
+        first.open()
+        first.abort()
+        again = rep.snapshot_sink(msg(6))  # the failed one no longer blocks
+        assert again is not None
+        again.abort()
+    finally:
+        close(log, rep)
