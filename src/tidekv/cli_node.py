@@ -125,6 +125,9 @@ def serve(
     cluster_id: Annotated[str | None, typer.Option("--cluster-id")] = None,
     tick_ms: Annotated[int, typer.Option("--tick-ms", help="Raft tick in ms.")] = 50,
     ready_file: Annotated[str | None, typer.Option("--ready-file", hidden=True)] = None,
+    compact_every: Annotated[
+        int, typer.Option("--compact-every", hidden=True, help="Raft log compaction period.")
+    ] = 10_000,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a tidekv node (the HTTP API and a replica of the data)."""
@@ -136,6 +139,8 @@ def serve(
     try:
         if tick_ms <= 0:
             raise InvalidInput("--tick-ms must be positive")
+        if compact_every <= 0:
+            raise InvalidInput("--compact-every must be positive")
         cfg = NodeConfig(
             node_id=node_id,
             data_dir=data_dir,
@@ -146,6 +151,7 @@ def serve(
             engine=engine,
             cluster_id=cluster_id,
             tick_ms=tick_ms,
+            compact_every=compact_every,
         )
         cfg.me()
         cfg.initial_peers()

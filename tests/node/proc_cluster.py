@@ -37,8 +37,19 @@ def free_base_port(n: int, rng_seed: int | None = None) -> int:
 
 
 class ProcCluster:
-    def __init__(self, root: Path, n: int, *, engine: str = "lsm", tick_ms: int = 50) -> None:
+    def __init__(
+        self,
+        root: Path,
+        n: int,
+        *,
+        engine: str = "lsm",
+        tick_ms: int = 50,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.root = root
+        self.extra_args = list(extra_args)
+        self.env: dict[int, dict[str, str]] = {}
+        """Extra environment variables of node i's next start."""
         self.n = n
         self.engine = engine
         self.tick_ms = tick_ms
@@ -66,11 +77,16 @@ class ProcCluster:
         """Start node ``i`` (``peers``: the --peers spec, default nodes 1..n)."""
         assert i not in self.procs or self.procs[i].poll() is not None
         log = open(self.root / f"n{i}.log", "ab")  # noqa: SIM115 - owned by the process
-        extra = ["--tick-ms", str(self.tick_ms), "-v"] + (["--join"] if join else [])
+        extra = ["--tick-ms", str(self.tick_ms), "-v", *self.extra_args]
+        extra += ["--join"] if join else []
         spec = peers or self.peers_spec()
         cmd = serve_command(i, str(self.data_dir(i)), self.address(i), spec, self.engine, *extra)
         self.procs[i] = subprocess.Popen(
-            cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ}
+            cmd,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env.pop(i, {})},
         )
         log.close()
 

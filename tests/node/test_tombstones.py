@@ -10,7 +10,17 @@ from pathlib import Path
 from tidekv.node.config import Peer
 from tidekv.node.logstore import NodeLog
 from tidekv.node.replica import Replica
-from tidekv.raft import ConfChange, ConfChangeType, Config, Entry, EntryKind, HardState
+from tidekv.node.snapstream import OUTGOING, decode_chunk, decode_header
+from tidekv.raft import (
+    ConfChange,
+    ConfChangeType,
+    Config,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    MessageType,
+)
 from tidekv.raft.types import encode_conf_change
 from tidekv.storage import open_engine
 
@@ -107,12 +117,26 @@ def test_tombstones_travel_in_snapshots(tmp_path: Path) -> None:
     log, rep = open_replica(tmp_path / "a", 1, bootstrap=True)
     commit(log, rep, ConfChange(ConfChangeType.REMOVE_NODE, 3))
     snap = rep._make_snapshot()
+    sid = decode_header(snap.data)
+    assert sid is not None
+    source = OUTGOING.take(sid)
+    assert source is not None
+    payloads = []
+    while (p := source.next_chunk()) is not None:
+        payloads.append(p)
+    source.close()
     close(log, rep)
 
     # a node with an empty disk (it joins) learns them when it installs the snapshot
     (tmp_path / "b").mkdir()
     log, fresh = open_replica(tmp_path / "b", 5, bootstrap=False)
     assert fresh.removed == frozenset()
+    sink = fresh.snapshot_sink(Message(MessageType.SNAP, to=5, frm=1, term=1, snapshot=snap))
+    assert sink is not None
+    sink.open()
+    for p in payloads:
+        chunk = decode_chunk(p)
+        (sink.finish if chunk.last else sink.write)(chunk)
     fresh._install_snapshot(snap)
     assert fresh.removed == {3}
     assert set(fresh.peers) == {1, 2}

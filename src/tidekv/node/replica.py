@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from tidekv.errors import NotLeader, Timeout, Unavailable
+from tidekv.errors import CorruptionError, NotLeader, Timeout, Unavailable
 from tidekv.node.command import (
     Command,
     decode_command,
@@ -41,10 +41,18 @@ from tidekv.node.command import (
 )
 from tidekv.node.config import Peer
 from tidekv.node.snapshot import (
-    dump_engine,
     restore_engine,
     snapshot_meta_op,
     stored_snapshot_meta,
+)
+from tidekv.node.snapstream import (
+    OUTGOING,
+    SnapshotSink,
+    decode_header,
+    encode_header,
+    install_staged,
+    is_staged,
+    recover_engine_dir,
 )
 from tidekv.raft import (
     NONE,
@@ -55,6 +63,7 @@ from tidekv.raft import (
     Entry,
     EntryKind,
     HardState,
+    Message,
     ProposalDropped,
     RawNode,
     Ready,
@@ -129,6 +138,9 @@ class Replica:
         self._max_key_bytes = max_key_bytes
         self._max_value_bytes = max_value_bytes
         self.compact_every = compact_every
+        self._incoming: SnapshotSink | None = None  # the snapshot stream being received
+        self._staged_mem: dict[bytes, Engine] = {}  # staged snapshots without a directory
+        recover_engine_dir(engine_path)  # a crash while a snapshot was swapped in
         self.engine: Engine = open_engine(engine_name, engine_path)
         self.store = self._open_store(self.engine)
         self._repair_after_crash()
@@ -220,6 +232,7 @@ class Replica:
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(Unavailable("the node is shutting down"))
+        OUTGOING.release_engine(self.engine)
         self.store.close()
 
     # -- state ----------------------------------------------------------------------------
@@ -535,12 +548,33 @@ class Replica:
     # -- snapshots and compaction -----------------------------------------------------------
 
     def _make_snapshot(self) -> Snapshot:
+        """Metadata only (format 3): the data streams from a point-in-time view of the
+        engine taken now, at the applied index (:mod:`tidekv.node.snapstream`)."""
         sm = self.store.sm
         index = sm.applied
         meta = SnapshotMeta(
             index=index, term=self.storage.term(index), conf=self.raw.raft.conf_state()
         )
-        return Snapshot(meta=meta, data=dump_engine(self.engine))
+        return Snapshot(meta=meta, data=encode_header(OUTGOING.register(self.engine)))
+
+    def snapshot_sink(self, m: Message) -> SnapshotSink | None:
+        """Where a streamed snapshot from the leader is staged; None refuses a stale one
+        (not past what is applied here) or a second one while one is being received."""
+        snap = m.snapshot
+        sid = None if snap is None else decode_header(snap.data)
+        if snap is None or sid is None or self._incoming is not None:
+            return None
+        if snap.meta.index <= self.applied or m.term < self.raw.raft.term:
+            return None
+
+        def ended(sink: SnapshotSink, ok: bool) -> None:
+            if self._incoming is sink:
+                self._incoming = None
+            if ok and sink.ready is not None:
+                self._staged_mem = {sink.snap_id: sink.ready}
+
+        self._incoming = SnapshotSink(self._engine_name, self._engine_path, snap.meta, sid, ended)
+        return self._incoming
 
     def _install_snapshot(self, snap: Snapshot) -> None:
         log.info(
@@ -549,7 +583,19 @@ class Replica:
             snap.meta.index,
             snap.meta.term,
         )
-        restore_engine(self.engine, snap.data, snap.meta)
+        sid = decode_header(snap.data)
+        if sid is None:  # format 1 or 2: the whole engine in the message (older nodes)
+            restore_engine(self.engine, snap.data, snap.meta)
+        else:  # format 3: staged by the stream; swap the engine's directory
+            if not is_staged(self._engine_path, sid) or (
+                self._engine_path is None and sid not in self._staged_mem
+            ):  # cannot happen: the message is stepped only once the data is staged
+                raise CorruptionError(f"group {self.group}: snapshot {sid.hex()} not staged")
+            OUTGOING.release_engine(self.engine)
+            self.store.close()
+            install_staged(self._engine_name, self._engine_path, sid)
+            staged = self._staged_mem.pop(sid, None)
+            self.engine = staged or open_engine(self._engine_name, self._engine_path)
         self.store = self._open_store(self.engine)
         self._hlc = HLC(max(self.store.sm.clock, self._hlc.last))
         self.storage.apply_snapshot(Snapshot(meta=snap.meta))

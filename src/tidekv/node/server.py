@@ -32,6 +32,7 @@ from tidekv.errors import InvalidInput
 from tidekv.node.config import Identity, NodeConfig, Peer, load_or_create_identity
 from tidekv.node.logstore import NodeLog
 from tidekv.node.replica import Replica
+from tidekv.node.snapstream import SnapshotSink
 from tidekv.node.transport import PeerTransport
 from tidekv.raft import Config, Message, MessageType, ProposalDropped, Ready
 from tidekv.storage import open_engine
@@ -73,6 +74,7 @@ class Node:
             on_messages=self._on_messages,
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
+            snapshot_sink=self._snapshot_sink,
         )
         rhost, rport = self.me.raft_address.rsplit(":", 1)
         await self.transport.start(rhost, int(rport))
@@ -206,6 +208,12 @@ class Node:
         if rep is not None:
             rep.raw.report_snapshot(to, ok)
             self.wake()
+
+    def _snapshot_sink(self, frm: int, group: int, m: Message) -> SnapshotSink | None:
+        rep = self.replicas.get(group)
+        if rep is None or frm in rep.removed or m.frm in rep.removed:
+            return None
+        return rep.snapshot_sink(m)
 
     def _on_peers_changed(self, peers: dict[int, Peer]) -> None:
         if not hasattr(self, "transport"):

@@ -9,9 +9,9 @@ between the engine install and the log's record of it is repaired on restart.
 Format 2: msgpack ``[2, [[keyspace, [[key, value], ...]], ...]]``, every keyspace of
 the engine (the default one first); a restore also empties the keyspaces the snapshot
 does not have. Format 1 (``[1, [[key, value], ...]]``, the default keyspace only) is
-still installed. Everything is in memory at once:
-fine for the data sizes of this stage; a chunked stream is future work (noted in
-docs/architecture.md).
+still installed. Everything is in memory at once, so nodes no longer SEND these formats:
+they stream format 3 (:mod:`tidekv.node.snapstream`); these are installed when an older
+node sends them.
 """
 
 from __future__ import annotations

@@ -21,16 +21,21 @@ faster (alike for 128-entry AppendEntries, where building the entries dominates)
 message to and from it costs more CPU than the bytes save on loopback. Each frame names
 its sender, so there is no handshake and any frame can be read alone. A receiver closes a
 connection whose frame announces more than ``max_frame_size`` bytes (default 512 MiB: a
-snapshot travels whole in one frame) or whose payload does not decode; the sender drops a
-frame it would not accept itself.
+whole-engine snapshot of an older node travels in one frame) or whose payload does not
+decode; the sender drops a frame it would not accept itself.
 
 Connections are one-directional, like etcd's rafthttp streams: each node dials every
 peer for sending (one long-lived *stream* connection per peer) and accepts inbound
 connections for receiving; a peer never writes back on a connection it accepted. A
 message of type ``SNAP`` (InstallSnapshot) does not ride the stream: it gets a
 connection of its own, opened for it and closed after it, so a big snapshot neither
-holds back heartbeats behind it nor needs the stream's write buffer, and "fully written
-to the socket" is observable (the close completes once the kernel has every byte).
+holds back heartbeats behind it nor needs the stream's write buffer. A streamed snapshot
+(format 3, :mod:`tidekv.node.snapstream`) sends the message frame, then its chunks, one
+at a time as the socket drains (high-water mark: two chunks), and the receiver answers
+one byte (the only write on an accepted connection) once the snapshot is staged; only
+then is the message delivered, and ``on_snapshot_status`` reports that answer. A
+whole-engine snapshot (formats 1-2) is one frame, reported ok once the close completes
+(the kernel has every byte).
 
 Delivery guarantees:
 
@@ -64,11 +69,25 @@ import asyncio
 import logging
 import random
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import msgspec
 
+from tidekv.errors import CorruptionError
+from tidekv.node.snapstream import (
+    ACK_OK,
+    CHUNK_BYTES,
+    OUTGOING,
+    Chunk,
+    ChunkSource,
+    OutgoingSnapshots,
+    SnapshotSink,
+    decode_chunk,
+    decode_header,
+)
 from tidekv.raft.types import Message, MessageType
 
 __all__ = ["DEFAULT_MAX_FRAME_SIZE", "PeerTransport", "decode_frame", "encode_frame"]
@@ -86,6 +105,14 @@ _SNAP = MessageType.SNAP
 OnMessages = Callable[[int, list[tuple[int, Message]]], None]
 OnUnreachable = Callable[[int], None]
 OnSnapshotStatus = Callable[[int, int, bool], None]
+SnapshotSinkFactory = Callable[[int, int, Message], SnapshotSink | None]
+"""``(sender, group, message) -> sink``: where an incoming streamed snapshot goes (None:
+refused, e.g. stale or one already in progress for the group)."""
+
+
+def _stream_id(m: Message) -> bytes | None:
+    snap = m.snapshot
+    return None if m.type is not _SNAP or snap is None else decode_header(snap.data)
 
 
 class _Frame(msgspec.Struct, array_like=True, gc=False):
@@ -163,15 +190,163 @@ class _Outbound(asyncio.Protocol):
         return False  # the peer is going away: close our side too
 
 
+class _SnapOutbound(_Outbound):
+    """A streamed snapshot's connection: flow control events and the receiver's answer."""
+
+    __slots__ = ("ack", "writable")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, high_water: int) -> None:
+        super().__init__(loop, high_water)
+        self.ack: asyncio.Future[bytes] = loop.create_future()
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.writable.set()
+        if not self.ack.done():
+            self.ack.set_result(b"")
+
+    def data_received(self, data: bytes) -> None:
+        if not self.ack.done():
+            self.ack.set_result(data[:1])
+
+
+class _StreamIn:
+    """The receiving side of one streamed snapshot (after its message frame): split the
+    chunk frames, verify them, hand them to the sink in a worker thread one at a time
+    (reading pauses while two are waiting: TCP pushes back on the sender), then answer
+    :data:`ACK_OK` and deliver the Raft message."""
+
+    def __init__(
+        self,
+        owner: PeerTransport,
+        proto: _Inbound,
+        sender: int,
+        group: int,
+        msg: Message,
+        sink: SnapshotSink,
+    ) -> None:
+        self._owner = owner
+        self._proto = proto
+        self._sender = sender
+        self._group = group
+        self._msg = msg
+        self._sink = sink
+        self._buf = bytearray()
+        self._queue: deque[Chunk] = deque()
+        self._error: Exception | None = None
+        self._ready = asyncio.Event()
+        self._paused = False
+        assert owner._loop is not None
+        self._loop = owner._loop
+        self.task = self._loop.create_task(self._run())
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._error is not None:
+            return
+        buf = self._buf
+        buf += data
+        pos = 0
+        end = len(buf)
+        limit = self._owner.max_frame_size
+        try:
+            while end - pos >= _HEADER_SIZE:
+                (size,) = _HEADER.unpack_from(buf, pos)
+                if size > limit:
+                    raise CorruptionError(f"snapshot chunk of {size} bytes exceeds {limit}")
+                stop = pos + _HEADER_SIZE + size
+                if stop > end:
+                    break
+                self._queue.append(decode_chunk(memoryview(buf)[pos + _HEADER_SIZE : stop]))
+                pos = stop
+        except CorruptionError as exc:
+            self._error = exc
+        if pos:
+            del buf[:pos]
+        self._ready.set()
+        if len(self._queue) >= 2 and not self._paused and self._proto.transport is not None:
+            self._paused = True
+            self._proto.transport.pause_reading()
+
+    def lost(self) -> None:
+        if not self.task.done():
+            self.task.cancel()
+
+    async def _next(self) -> Chunk:
+        while not self._queue:
+            if self._error is not None:
+                raise self._error
+            self._ready.clear()
+            async with asyncio.timeout(self._owner._snapshot_stall_timeout):
+                await self._ready.wait()
+        chunk = self._queue.popleft()
+        if self._paused and len(self._queue) < 2 and self._proto.transport is not None:
+            self._paused = False
+            self._proto.transport.resume_reading()
+        return chunk
+
+    async def _run(self) -> None:
+        loop, sink, owner = self._loop, self._sink, self._owner
+        ok = False
+        try:
+            pool = owner._snapshot_pool()
+            await loop.run_in_executor(pool, sink.open)
+            seq = 0
+            while True:
+                chunk = await self._next()
+                if chunk.seq != seq:
+                    raise CorruptionError(f"snapshot chunk {chunk.seq} where {seq} was due")
+                seq += 1
+                if chunk.last:
+                    await loop.run_in_executor(pool, sink.finish, chunk)
+                    break
+                await loop.run_in_executor(pool, sink.write, chunk)
+            ok = True
+        except asyncio.CancelledError:
+            logger.info("node %d: snapshot stream from node %d lost", owner.node_id, self._sender)
+        except Exception as exc:
+            logger.warning(
+                "node %d: snapshot stream from node %d failed: %s",
+                owner.node_id,
+                self._sender,
+                exc,
+            )
+        finally:
+            if not ok:
+                sink.abort()
+        transport = self._proto.transport
+        if not ok:
+            owner.snapshots_rejected += 1
+            if transport is not None:
+                transport.abort()
+            return
+        owner.snapshots_received += 1
+        if transport is not None:
+            transport.write(ACK_OK)
+            transport.close()
+        if not owner._closed:
+            owner._deliver(self._sender, [(self._group, self._msg)])
+
+
 class _Inbound(asyncio.Protocol):
     """The receiving side of a connection a peer dialled: split frames, decode, deliver."""
 
-    __slots__ = ("_buf", "_dead", "_owner", "lost", "transport")
+    __slots__ = ("_buf", "_dead", "_owner", "_stream", "lost", "transport")
 
     def __init__(self, owner: PeerTransport, loop: asyncio.AbstractEventLoop) -> None:
         self._owner = owner
         self._buf = bytearray()
         self._dead = False
+        self._stream: _StreamIn | None = None
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = loop.create_future()
 
@@ -185,6 +360,8 @@ class _Inbound(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._dead = True
+        if self._stream is not None:
+            self._stream.lost()
         self._owner._inbound.discard(self)
         if not self.lost.done():
             self.lost.set_result(None)
@@ -197,6 +374,9 @@ class _Inbound(asyncio.Protocol):
             return
         owner = self._owner
         owner.bytes_received += len(data)
+        if self._stream is not None:
+            self._stream.feed(data)
+            return
         # Parse straight from ``data`` when nothing is buffered (the common case: no copy).
         buf: bytes | bytearray
         if self._buf:
@@ -224,6 +404,12 @@ class _Inbound(asyncio.Protocol):
                 self._reject(f"invalid sender id {frame.sender}")
                 return
             pos = stop
+            if len(frame.msgs) == 1 and _stream_id(frame.msgs[0][1]) is not None:
+                # a streamed snapshot: the rest of this connection is its chunks
+                self._buf = bytearray()
+                group, m = frame.msgs[0]
+                self._begin_stream(frame.sender, group, m, memoryview(buf)[pos:end])
+                return
             owner._deliver(frame.sender, frame.msgs)
             if self._dead:  # a callback closed the transport
                 return
@@ -232,6 +418,24 @@ class _Inbound(asyncio.Protocol):
                 self._buf = bytearray(data[pos:])
         elif pos:
             del self._buf[:pos]
+
+    def _begin_stream(self, sender: int, group: int, m: Message, rest: memoryview) -> None:
+        owner = self._owner
+        factory = owner._snapshot_sink
+        sink = None
+        if factory is not None and not owner._closed:
+            try:
+                sink = factory(sender, group, m)
+            except Exception:
+                owner.callback_errors += 1
+                logger.exception("node %d: snapshot_sink callback failed", owner.node_id)
+        if sink is None:
+            owner.snapshots_rejected += 1
+            self._reject(f"snapshot stream for group {group} refused (stale or in progress)")
+            return
+        self._stream = _StreamIn(owner, self, sender, group, m, sink)
+        if rest:
+            self._stream.feed(bytes(rest))
 
     def _reject(self, why: str) -> None:
         self._dead = True
@@ -295,6 +499,9 @@ class PeerTransport:
         on_messages: OnMessages,
         on_unreachable: OnUnreachable | None = None,
         on_snapshot_status: OnSnapshotStatus | None = None,
+        snapshot_sink: SnapshotSinkFactory | None = None,
+        snapshots: OutgoingSnapshots = OUTGOING,
+        snapshot_chunk_bytes: int = CHUNK_BYTES,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         high_water: int = 16 * 1024 * 1024,
         max_pending: int = 65536,
@@ -315,8 +522,11 @@ class PeerTransport:
         * ``backoff_initial`` / ``backoff_max``: redial delay bounds (seconds), doubled per
           failed attempt, with jitter in [delay/2, delay] drawn from ``rng``.
         * ``connect_timeout``: one dial attempt (seconds).
-        * ``snapshot_stall_timeout``: a snapshot send that makes no progress for this long
-          fails.
+        * ``snapshot_stall_timeout``: a snapshot send (or a streamed snapshot being
+          received) that makes no progress for this long fails.
+        * ``snapshot_sink``: where streamed snapshots (format 3) are received; without
+          it they are refused. ``snapshots``: the registry the views of outgoing ones
+          are taken from; ``snapshot_chunk_bytes``: their chunk size.
         * ``close_timeout``: how long :meth:`close` lets stream connections flush.
         """
         if node_id <= 0:
@@ -330,6 +540,10 @@ class PeerTransport:
         self._on_messages = on_messages
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status
+        self._snapshot_sink = snapshot_sink
+        self._snapshots = snapshots
+        self._snapshot_chunk_bytes = snapshot_chunk_bytes
+        self._snap_pool: ThreadPoolExecutor | None = None
         self._high_water = high_water
         self._max_pending = max_pending
         self._max_snapshot_sends = max_snapshot_sends
@@ -369,6 +583,8 @@ class PeerTransport:
         self.disconnects = 0
         self.snapshots_sent = 0
         self.snapshots_failed = 0
+        self.snapshots_received = 0
+        self.snapshots_rejected = 0
         self.callback_errors = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -422,6 +638,8 @@ class PeerTransport:
             await asyncio.gather(*(p.lost for p in inbound))
         if self._server is not None:
             await self._server.wait_closed()
+        if self._snap_pool is not None:
+            self._snap_pool.shutdown(wait=False)
 
     async def _wait_lost(self, conns: list[_Outbound]) -> None:
         pending = {c.lost for c in conns if not c.lost.done()}
@@ -519,6 +737,8 @@ class PeerTransport:
                 snaps = peer.snaps
                 peer.snaps = []
                 if self._closed:
+                    for _group, m in snaps:
+                        self._release_view(m)
                     continue
                 for group, m in snaps:
                     self._start_snapshot(peer, group, m)
@@ -528,6 +748,7 @@ class PeerTransport:
             self.msgs_dropped += len(unknown)
             for group, m in unknown:
                 if m.type is _SNAP:
+                    self._release_view(m)
                     self._snapshot_done(group, m.to, False)
             unreachable.extend(sorted({m.to for _, m in unknown}))
         for node_id in unreachable:
@@ -565,12 +786,38 @@ class PeerTransport:
 
     # -- snapshots ------------------------------------------------------------------------
 
+    def _snapshot_pool(self) -> ThreadPoolExecutor:
+        """The worker threads that read views and write staged snapshots: few, so their
+        per-thread malloc arenas (each holding a chunk or two) stay few."""
+        if self._snap_pool is None:
+            self._snap_pool = ThreadPoolExecutor(2, thread_name_prefix="tidekv-snapshot")
+        return self._snap_pool
+
+    def _release_view(self, m: Message) -> None:
+        sid = _stream_id(m)
+        if sid is not None:
+            self._snapshots.release(sid)
+
     def _start_snapshot(self, peer: _Peer, group: int, m: Message) -> None:
         if peer.conn is None or len(peer.snap_tasks) >= self._max_snapshot_sends:
+            self._release_view(m)
             self.msgs_dropped += 1
             self._snapshot_done(group, peer.node_id, False)
             if peer.conn is None:
                 self._report_unreachable(peer.node_id)
+            return
+        sid = _stream_id(m)
+        if sid is not None:
+            source = self._snapshots.take(sid, self._snapshot_chunk_bytes)
+            if source is None:
+                logger.warning("node %d: snapshot view %s is gone", self.node_id, sid.hex())
+                self.msgs_dropped += 1
+                self._snapshot_done(group, peer.node_id, False)
+                return
+            assert self._loop is not None
+            stask = self._loop.create_task(self._stream_snapshot(peer, group, m, source))
+            peer.snap_tasks.add(stask)
+            stask.add_done_callback(peer.snap_tasks.discard)
             return
         frame = encode_frame(self.node_id, [(group, m)])
         if len(frame) - _HEADER_SIZE > self.max_frame_size:
@@ -614,6 +861,70 @@ class PeerTransport:
             if transport is not None and not ok:
                 transport.abort()
         if not ok:
+            self.msgs_dropped += 1
+        self._snapshot_done(group, peer.node_id, ok)
+        if not ok:
+            self._report_unreachable(peer.node_id)
+
+    async def _stream_snapshot(
+        self, peer: _Peer, group: int, m: Message, source: ChunkSource
+    ) -> None:
+        """Stream one snapshot (format 3) on a connection of its own: the message frame,
+        then its chunks one at a time, each written once the socket buffer is below the
+        high-water mark (two chunks); ok once the receiver answers that it staged it."""
+        assert self._loop is not None
+        loop = self._loop
+        transport: asyncio.Transport | None = None
+        ok = False
+        sent = 0
+        stall = self._snapshot_stall_timeout
+        pool = self._snapshot_pool()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                transport, proto = await loop.create_connection(
+                    lambda: _SnapOutbound(loop, 2 * self._snapshot_chunk_bytes),
+                    peer.host,
+                    peer.port,
+                )
+            frame = encode_frame(self.node_id, [(group, m)])
+            transport.write(frame)
+            sent += len(frame)
+            while True:
+                payload = await loop.run_in_executor(pool, source.next_chunk)
+                if payload is None:
+                    break
+                if proto.lost.done():
+                    raise ConnectionError("the receiver closed the snapshot connection")
+                transport.write(_HEADER.pack(len(payload)) + payload)
+                sent += _HEADER_SIZE + len(payload)
+                del payload
+                if not proto.writable.is_set():
+                    async with asyncio.timeout(stall):
+                        await proto.writable.wait()
+            async with asyncio.timeout(stall):
+                ack = await proto.ack
+            ok = ack == ACK_OK
+            if not ok:
+                logger.info(
+                    "node %d: node %d refused the snapshot of group %d",
+                    self.node_id,
+                    peer.node_id,
+                    group,
+                )
+        except (OSError, TimeoutError) as e:
+            logger.info("node %d: snapshot to node %d failed: %s", self.node_id, peer.node_id, e)
+        finally:
+            await loop.run_in_executor(pool, source.close)
+            if transport is not None:
+                if ok:
+                    transport.close()
+                else:
+                    transport.abort()
+        if ok:
+            self.frames_sent += 1
+            self.bytes_sent += sent
+            self.msgs_sent += 1
+        else:
             self.msgs_dropped += 1
         self._snapshot_done(group, peer.node_id, ok)
         if not ok:
@@ -757,6 +1068,8 @@ class PeerTransport:
             "disconnects": self.disconnects,
             "snapshots_sent": self.snapshots_sent,
             "snapshots_failed": self.snapshots_failed,
+            "snapshots_received": self.snapshots_received,
+            "snapshots_rejected": self.snapshots_rejected,
             "callback_errors": self.callback_errors,
             "peers_connected": sum(p.conn is not None for p in self._peers.values()),
             "send_buffer_bytes": sum(

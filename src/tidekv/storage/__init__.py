@@ -16,7 +16,15 @@ import importlib
 from typing import Any
 
 from tidekv.errors import InvalidInput
-from tidekv.storage.base import DEFAULT_KEYSPACE, Engine, Keyspace, KsOp, Op, prefix_end
+from tidekv.storage.base import (
+    DEFAULT_KEYSPACE,
+    Engine,
+    EngineSnapshot,
+    Keyspace,
+    KsOp,
+    Op,
+    prefix_end,
+)
 
 #: engine name -> "module:class"
 ENGINES: dict[str, str] = {
@@ -53,6 +61,7 @@ __all__ = [
     "DEFAULT_KEYSPACE",
     "ENGINES",
     "Engine",
+    "EngineSnapshot",
     "Keyspace",
     "KsOp",
     "Op",

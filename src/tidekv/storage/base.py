@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Self
 
 from tidekv.errors import InvalidInput
@@ -167,6 +167,67 @@ class DefaultKeyspace(Keyspace):
         return self.engine.scan(start, end, reverse=reverse, limit=limit)
 
 
+Triple = tuple[str, bytes, bytes]
+"""One record of an :class:`EngineSnapshot`: ``(keyspace, key, value)``."""
+
+
+class EngineSnapshot:
+    """A consistent point-in-time view of every keyspace of an engine, read lazily.
+
+    Iterating yields ``(keyspace, key, value)`` for every record of every keyspace as it
+    was when :meth:`Engine.snapshot_iter` returned, keyspace by keyspace (key order
+    within each); writes made to the engine afterwards are not seen. ``keyspaces`` is the
+    keyspaces that existed then (``"default"`` first), empty ones included. Iterate it
+    once; :meth:`close` releases what holds the view (a RocksDB checkpoint, an LMDB read
+    transaction, ...) and is safe to call twice. May be iterated from another thread
+    than the one that made it, one thread at a time.
+    """
+
+    __slots__ = ("_it", "_release", "keyspaces")
+
+    def __init__(
+        self, keyspaces: list[str], triples: Iterator[Triple], release: Callable[[], None]
+    ) -> None:
+        self.keyspaces = keyspaces
+        self._it = triples
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[Triple]:
+        return self._it
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            self._it = iter(())
+            release()
+
+    @property
+    def closed(self) -> bool:
+        return self._release is None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def logical_triples(pairs: Iterable[tuple[bytes, bytes]]) -> Iterator[Triple]:
+    """Raw default-keyspace pairs of an engine without native keyspaces -> triples
+    (a named keyspace's records are under ``RESERVED_PREFIX + name + 0x00``; the
+    keyspace markers are skipped)."""
+    n = len(RESERVED_PREFIX)
+    for k, v in pairs:
+        if not k.startswith(RESERVED_PREFIX):
+            yield DEFAULT_KEYSPACE, k, v
+            continue
+        if k.startswith(_NAMES):
+            continue
+        name, sep, key = k[n:].partition(b"\x00")
+        if sep:
+            yield name.decode(), key, v
+
+
 class Engine(ABC):
     """A durable ordered key-value map."""
 
@@ -270,6 +331,21 @@ class Engine(ABC):
         if not self.closed:
             self.close()
         return open_engine(self.name, self.path, **self.options)
+
+    def snapshot_iter(self) -> EngineSnapshot:
+        """A consistent point-in-time view of every keyspace (see :class:`EngineSnapshot`).
+
+        Memory does not grow with the engine's size on ``lsm`` and ``btree``; ``hash``
+        copies its key directory (already in RAM), ``memory`` its key list.
+        """
+        keyspaces = self.keyspaces()
+        pairs, release = self._raw_snapshot()
+        return EngineSnapshot(keyspaces, logical_triples(pairs), release)
+
+    def _raw_snapshot(self) -> tuple[Iterator[tuple[bytes, bytes]], Callable[[], None]]:
+        """Engines without native keyspaces: every raw default-keyspace pair as of now,
+        lazily, and the function that releases the view."""
+        raise NotImplementedError(f"the {self.name} engine has no point-in-time view")
 
     def stats(self) -> dict[str, int]:
         """Engine-specific counters (sizes, live keys, ...); empty when it has none."""

@@ -67,7 +67,7 @@ import hashlib
 import os
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice, takewhile
 from typing import Any
 
@@ -153,6 +153,7 @@ class BTreeEngine(Engine):
         self._readers = 0
         self._exclusive = False
         self._closed = False
+        self._views: set[Callable[[], None]] = set()  # releases of open snapshot views
 
     # -- the gate ------------------------------------------------------------------
 
@@ -379,6 +380,54 @@ class BTreeEngine(Engine):
         finally:
             self._end_read(txn)
 
+    def _raw_snapshot(self) -> tuple[Iterator[tuple[bytes, bytes]], Callable[[], None]]:
+        """One LMDB read transaction held until release (MVCC: a consistent view that
+        pins the pages it sees). A map growth or close releases every open view first
+        (LMDB cannot resize under a live transaction): its reader then gets
+        ``StoreClosed`` instead of the write waiting for it."""
+        self._check()
+        txn = self._begin_read()
+        lock = threading.Lock()  # the txn is used by one thread, or aborted, at a time
+        released = False
+
+        def raw() -> Iterator[tuple[bytes, bytes]]:
+            it: Iterator[tuple[bytes, bytes]] | None = None
+            while True:
+                with lock:
+                    if released:
+                        raise StoreClosed(
+                            "snapshot view released (the map grew or the engine closed)",
+                            engine="btree",
+                        )
+                    try:
+                        if it is None:
+                            cur = txn.cursor()
+                            if not cur.first():
+                                return
+                            it = cur.iternext()
+                        chunk = list(islice(it, self._scan_chunk))
+                    except lmdb.Error as exc:
+                        raise _storage_error(exc, "snapshot scan") from exc
+                if not chunk:
+                    return
+                yield from chunk
+
+        def release() -> None:
+            nonlocal released
+            with lock:
+                if released:
+                    return
+                released = True
+                self._views.discard(release)
+            self._end_read(txn)
+
+        self._views.add(release)
+        return self._real_pairs(raw(), False), release
+
+    def _release_views(self) -> None:
+        for release in list(self._views):
+            release()
+
     # -- writes --------------------------------------------------------------------
 
     def put(self, key: bytes, value: bytes, *, sync: bool = False) -> None:
@@ -425,6 +474,7 @@ class BTreeEngine(Engine):
 
     def _grow(self) -> None:
         """Double the map; the caller holds the write lock and no write transaction."""
+        self._release_views()
         self._exclusive_begin()
         try:
             size = int(self._env.info()["map_size"])
@@ -457,6 +507,7 @@ class BTreeEngine(Engine):
         with self._write_lock:
             if self._closed:
                 return
+            self._release_views()
             self._exclusive_begin()
             try:
                 self._closed = True

@@ -602,6 +602,26 @@ class HashEngine(Engine):
                     if left == 0:
                         return
 
+    def _raw_snapshot(self) -> tuple[Iterator[tuple[bytes, bytes]], Callable[[], None]]:
+        """A copy of the key directory and of the segment table: the copied segment
+        objects keep their files open, so a merge that deletes them meanwhile does not
+        take the view's records away (the records themselves are immutable)."""
+        with self._lock:
+            self._check()
+            entries: list[tuple[bytes, Loc]] = list(self._keydir.items())
+            segments = dict(self._segments)
+
+        def pairs() -> Iterator[tuple[bytes, bytes]]:
+            for key, loc in entries:
+                self._check()
+                yield key, self._read(segments[loc[0]], loc, key).value
+
+        def release() -> None:
+            entries.clear()
+            segments.clear()
+
+        return pairs(), release
+
     # -- merge ---------------------------------------------------------------------------
 
     def _maybe_merge(self) -> None:

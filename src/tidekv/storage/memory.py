@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from tidekv.errors import StoreClosed
@@ -83,6 +83,14 @@ class MemoryEngine(Engine):
                 keys = keys[:limit]
             pairs = [(k, self._data[k]) for k in keys]
         return iter(pairs)
+
+    def _raw_snapshot(self) -> tuple[Iterator[tuple[bytes, bytes]], Callable[[], None]]:
+        """A copy of the key list and the map (references to the same bytes objects)."""
+        with self._lock:
+            self._check()
+            keys = list(self._keys)
+            data = dict(self._data)
+        return ((k, data[k]) for k in keys), keys.clear
 
     def sync(self) -> None:
         self._check()
