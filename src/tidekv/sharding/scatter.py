@@ -529,9 +529,7 @@ class Interleaver(Generic[T]):
     duplicate from a reconnected stream and is dropped.
     """
 
-    def __init__(
-        self, start: Sequence[int | None], watched: Iterable[int] | None = None
-    ) -> None:
+    def __init__(self, start: Sequence[int | None], watched: Iterable[int] | None = None) -> None:
         shards = check_shards(len(start))
         self.watched = frozenset(range(shards) if watched is None else watched)
         if not self.watched or not all(0 <= s < shards for s in self.watched):
