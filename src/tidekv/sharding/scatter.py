@@ -38,7 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -329,7 +329,9 @@ class WatchCursor:
         """The opaque, URL-safe text of the cursor (a plain integer for one shard)."""
         if self.shards == 1:
             return str(self.revisions[0])
-        body = _varint(self.shards) + min(_dense(self.revisions), _sparse(self.revisions), key=len)
+        dense = _dense(self.revisions)
+        sparse = _sparse(self.revisions, len(dense))
+        body = _varint(self.shards) + (dense if sparse is None else min(dense, sparse, key=len))
         return WATCH_CURSOR_PREFIX + _b64(body + _check(body))
 
     @classmethod
@@ -459,12 +461,13 @@ def _pack(bits: str, nbytes: int) -> bytes:
     return int(bits + "0" * (nbytes * 8 - len(bits)), 2).to_bytes(nbytes, "big")
 
 
-def _sparse(rs: Sequence[int]) -> bytes:
-    """The most common revision, then each shard elsewhere as (index gap, revision)."""
-    counts: dict[int, int] = {}
-    for r in rs:
-        counts[r] = counts.get(r, 0) + 1
-    base = max(counts, key=lambda r: (counts[r], -r))
+def _sparse(rs: Sequence[int], beat: int) -> bytes | None:
+    """The most common revision, then each shard elsewhere as (index gap, revision);
+    None when that cannot be shorter than ``beat`` bytes (each exception takes two)."""
+    counts = Counter(rs)
+    base, n = max(counts.items(), key=lambda rc: (rc[1], -rc[0]))
+    if 2 * (len(rs) - n) >= beat:
+        return None
     out = bytearray([_SPARSE])
     out += _varint(base)
     odd = [(i, r) for i, r in enumerate(rs) if r != base]
