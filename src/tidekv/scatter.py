@@ -65,8 +65,8 @@ def position_of(event: Mapping[str, Any]) -> int:
     if "type" in event and "revision" in event:
         return int(event["revision"])
     cursor = str(event.get("cursor", ""))
-    if not cursor.isdigit():
-        raise Unavailable(f"a shard stream sent a position that is not a revision: {cursor!r}")
+    if not (cursor.isdigit() and cursor.isascii()):  # a bug, not a hiccup: never retried
+        raise TideError(f"a shard stream sent a position that is not a revision: {cursor!r}")
     return int(cursor)
 
 
@@ -103,6 +103,8 @@ class Scatter:
         consistency: str | None = None,
     ) -> dict[str, Any]:
         """One merged page: ``{"items": [...], "next": cursor or None}``."""
+        if limit < 0:
+            raise InvalidInput("limit must not be negative", parameter="limit")
         try:
             after = decode_list_cursor(cursor) if cursor else None
         except ValueError as exc:

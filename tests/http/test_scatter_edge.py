@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tidekv.errors import Gone, InvalidInput, Unavailable
+from tidekv.errors import Gone, InvalidInput, TideError, Unavailable
 from tidekv.scatter import HTTPShards, Scatter
 from tidekv.sharding.keys import shard_of
 from tidekv.sharding.scatter import WatchCursor
@@ -103,6 +103,23 @@ def test_a_bad_cursor_is_invalid_input() -> None:
         asyncio.run(scatter.scan(limit=10, cursor="k1.!!"))
     with pytest.raises(InvalidInput, match="watch cursor"):
         asyncio.run(anext(aiter(scatter.watch(since="garbage"))))
+
+
+def test_a_shard_position_that_is_no_revision_ends_the_watch() -> None:
+    async def stream(shard: int, since: int | None) -> AsyncIterator[Mapping[str, Any]]:
+        yield {"cursor": "w1.AAAA"}
+
+    async def no_fetch(shard: int, params: dict[str, str]) -> Mapping[str, Any]:
+        raise AssertionError
+
+    async def main() -> None:
+        async for _ in Scatter(2, no_fetch, stream).watch():
+            pass
+
+    with pytest.raises(TideError, match="not a revision"):
+        asyncio.run(asyncio.wait_for(main(), 20))
+    with pytest.raises(InvalidInput, match="limit"):
+        asyncio.run(Scatter(2, no_fetch, stream).scan(limit=-1))
 
 
 def test_a_broken_shard_stream_is_reopened_from_its_last_revision() -> None:
