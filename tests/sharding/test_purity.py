@@ -28,6 +28,7 @@ RULES = Rules(
             "dataclasses",
             "enum",
             "hashlib",  # BLAKE2b of bytes in memory: the stable key and ring hash
+            "heapq",  # the merged listing's heap of shard heads
             "msgspec",
             "typing",
         }

@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import heapq
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -257,21 +258,26 @@ class ListingMerge(Generic[T]):
         return False, bound
 
     def _advance(self) -> None:
-        while len(self.items) < self.limit:
-            blocked, bound = self._bound()
-            if blocked:
-                return
-            best: _Shard[T] | None = None
-            for st in self._shards.values():
-                if st.buffer and (best is None or st.buffer[0][0] < best.buffer[0][0]):
-                    best = st
-            if best is None:
-                return
-            k = best.buffer[0][0]
+        """Take keys in order while they are at or below the bound (which only feeds
+        move, so it is computed once; the buffered heads sit in a heap)."""
+        if len(self.items) >= self.limit:
+            return
+        blocked, bound = self._bound()
+        if blocked:
+            return
+        heads = [(st.buffer[0][0], sid) for sid, st in self._shards.items() if st.buffer]
+        heapq.heapify(heads)
+        while heads and len(self.items) < self.limit:
+            k, sid = heads[0]
             if bound is not None and k > bound:
                 return
-            self.items.append(best.buffer.popleft()[1])
+            st = self._shards[sid]
+            self.items.append(st.buffer.popleft()[1])
             self._last = k
+            if st.buffer:
+                heapq.heapreplace(heads, (st.buffer[0][0], sid))
+            else:
+                heapq.heappop(heads)
 
 
 def _item_key(item: object) -> str:
