@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import random
 import time
@@ -760,8 +759,12 @@ class Client:
             return _check(resp)
 
     def _load_map(self) -> None:
-        with contextlib.suppress(TideError):  # no map: the configured URLs serve (and forward)
-            self._map.load(_json(self._send(_cluster_call(), retries=len(self.urls) - 1)))
+        try:
+            body = _json(self._send(_cluster_call(), retries=len(self.urls) - 1))
+        except TideError:  # no map: the configured URLs serve (and forward)
+            self._map.empty += 1  # and the next load waits longer
+            return
+        self._map.load(body)
 
     # -- keys
 
@@ -978,8 +981,12 @@ class AsyncClient:
             return _check(resp)
 
     async def _load_map(self) -> None:
-        with contextlib.suppress(TideError):  # no map: the configured URLs serve (and forward)
-            self._map.load(_json(await self._send(_cluster_call(), retries=len(self.urls) - 1)))
+        try:
+            body = _json(await self._send(_cluster_call(), retries=len(self.urls) - 1))
+        except TideError:  # no map: the configured URLs serve (and forward)
+            self._map.empty += 1  # and the next load waits longer
+            return
+        self._map.load(body)
 
     # -- keys
 
