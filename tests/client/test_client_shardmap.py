@@ -83,3 +83,18 @@ def test_route_false_and_local_servers_route_nothing() -> None:
     local = _ShardMap(True)
     local.load({"mode": "local", "nodes": [{"id": 1, "address": "x:1"}], "shards": [{"id": 0}]})
     assert not local.stale and local.target(put("k")) is None
+
+
+def test_a_map_that_cannot_be_loaded_is_asked_for_less_often() -> None:
+    import pytest
+
+    from tidekv import Client
+    from tidekv.chaos.ports import port_free
+    from tidekv.errors import Unavailable
+
+    port = next(p for p in range(47000, 47100) if port_free(p))
+    with Client(f"http://127.0.0.1:{port}", retries=0) as db:
+        with pytest.raises(Unavailable, match="connection refused"):
+            db.put("k", 1)
+        assert db._map.loads == 0 and db._map.empty == 1
+        assert not db._map.due(put("k"))  # not again within the next second
