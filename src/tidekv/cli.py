@@ -88,7 +88,8 @@ def with_store(
     """``fn`` applied to the server at ``url`` when given, else to the embedded store."""
     try:
         if url:
-            with tidekv.Client(url) as client:
+            # one request per command: loading the shard map first would double it
+            with tidekv.Client(url, route=False) as client:
                 return fn(client)
         if os.path.exists(os.path.join(path, NODE_FILE)):
             raise InvalidInput(

@@ -42,6 +42,7 @@ import msgspec
 from tidekv import errors
 from tidekv.asgi import MethodNotAllowed, RouteNotFound
 from tidekv.errors import InvalidInput, InvalidValue, TideError, Unavailable
+from tidekv.sharding.keys import check_shards, shard_of
 from tidekv.store import TEXT_CONTENT_TYPE, Item, VersionInfo
 from tidekv.versioning import (
     BYTES_CONTENT_TYPE,
@@ -214,6 +215,7 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
     content: bytes | None = None
     write: bool = False  # gets an Idempotency-Key shared by its retries
+    key: str | None = None  # a single-key request: sent to the key's shard leader
 
 
 def _key_path(key: str, suffix: str = "") -> str:
@@ -263,7 +265,11 @@ def _put_call(
     headers["Content-Type"] = ctype
     if if_none_match:
         headers["If-None-Match"] = "*"
-    return _Call("PUT", _key_path(key), headers=headers, content=data, write=True)
+    return _Call("PUT", _key_path(key), headers=headers, content=data, write=True, key=key)
+
+
+def _delete_call(key: str, headers: dict[str, str]) -> _Call:
+    return _Call("DELETE", _key_path(key), headers=headers, write=True, key=key)
 
 
 def _as_of(as_of: int | str | dt.datetime | None) -> str | None:
@@ -276,7 +282,7 @@ def _get_call(
     key: str, consistency: str | None, version: str | None, as_of: int | str | dt.datetime | None
 ) -> _Call:
     params = _params(consistency=consistency, version=version, as_of=_as_of(as_of))
-    return _Call("GET", _key_path(key), params=params)
+    return _Call("GET", _key_path(key), params=params, key=key)
 
 
 def _item(key: str, resp: httpx.Response) -> Item:
@@ -359,7 +365,7 @@ def _page_call(
 
 def _history_call(key: str, before: str | None, consistency: str | None, page: int) -> _Call:
     params = _params(before=before, consistency=consistency, limit=page)
-    return _Call("GET", _key_path(key, "/history"), params=params)
+    return _Call("GET", _key_path(key, "/history"), params=params, key=key)
 
 
 def _pages_left(limit: int | None, got: int, page_size: int) -> int:
@@ -370,7 +376,9 @@ def _rollback_call(key: str, to: str, if_match: str | None, author: str | None) 
     headers = _write_headers(if_match, author)
     headers["Content-Type"] = "application/json"
     body = msgspec.json.encode({"to": to})
-    return _Call("POST", _key_path(key, "/rollback"), headers=headers, content=body, write=True)
+    return _Call(
+        "POST", _key_path(key, "/rollback"), headers=headers, content=body, write=True, key=key
+    )
 
 
 def _diff_call(
@@ -378,7 +386,7 @@ def _diff_call(
 ) -> _Call:
     params = _params(consistency=consistency, to=to_version)
     params["from"] = from_version
-    return _Call("GET", _key_path(key, "/diff"), params=params)
+    return _Call("GET", _key_path(key, "/diff"), params=params, key=key)
 
 
 def _add_node_call(node_id: int, address: str) -> _Call:
@@ -457,6 +465,116 @@ class _Endpoints:
 
     def rotate(self) -> None:
         self.i = (self.i + 1) % len(self.urls)
+
+
+# -- the shard map -------------------------------------------------------------------------
+
+FORWARDED_BY = "x-tide-forwarded-by"
+MAP_REFRESH_SECONDS = 0.5  # the least time between two loads of the shard map
+MAP_QUIET_SECONDS = 30.0  # the most, while loads give no leader (doubling up to it)
+UNREACHABLE_SECONDS = 5.0  # a leader that did not answer is not routed to for this long
+
+
+class _ShardMap:
+    """The client's cache of ``GET /v1/cluster``: the shard count and each shard's leader
+    URL, so a single-key request goes straight to its shard's leader.
+
+    It is loaded lazily, and marked stale (loaded again on the next single-key request,
+    at most every :data:`MAP_REFRESH_SECONDS`) when an answer says it went to the wrong
+    node (``X-Tide-Forwarded-By``), on ``503 not_leader``, and when a cached leader cannot
+    be reached (its routes are dropped at once: the request falls back to the configured
+    URLs). Shared by :class:`Client` and :class:`AsyncClient`, which only do the I/O.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.shards = 1
+        self.leaders: dict[int, str] = {}
+        self.stale = True
+        self.loaded_at = -MAP_QUIET_SECONDS
+        self.loads = 0
+        self.empty = 0  # loads in a row that gave no leader at all
+        self.unreachable: dict[str, float] = {}  # leader URL -> when it did not answer
+
+    def due(self, call: _Call) -> bool:
+        """Whether the map must be (re)loaded before ``call``; when so, the caller loads
+        it now (this counts as the attempt, so concurrent calls do not all load it)."""
+        if not (self.enabled and call.key is not None and self.stale):
+            return False
+        now = time.monotonic()
+        wait = min(MAP_QUIET_SECONDS, MAP_REFRESH_SECONDS * 2.0**self.empty)
+        if now - self.loaded_at < wait:
+            return False
+        self.loaded_at = now
+        return True
+
+    def load(self, body: Any) -> None:
+        """Take in a ``GET /v1/cluster`` answer (a missing ``shard_count``: one shard)."""
+        self.loads += 1
+        self.empty += 1
+        if isinstance(body, dict) and body.get("mode") == "local":
+            self.stale = False  # one embedded store: nothing to route, ever
+            return
+        if not isinstance(body, dict):
+            return
+        try:
+            shards = check_shards(int(body.get("shard_count", 1)))
+        except (TypeError, ValueError):
+            return
+        nodes = {
+            n.get("id"): n.get("address") for n in body.get("nodes") or [] if isinstance(n, dict)
+        }
+        leaders: dict[int, str] = {}
+        entries = [e for e in body.get("shards") or [] if isinstance(e, dict)]
+        for entry in entries:
+            sid = 0 if shards == 1 else entry.get("id")
+            address = entry.get("leader_address") or nodes.get(entry.get("leader"))
+            if isinstance(sid, int) and 0 <= sid < shards and isinstance(address, str):
+                leaders[sid] = _base_url(address)
+        self.shards, self.leaders = shards, leaders
+        self.stale = len(leaders) < shards  # a shard without a leader: ask again later
+        if leaders:
+            self.empty = 0
+
+    def target(self, call: _Call) -> str | None:
+        """The base URL to send ``call`` to (None: the configured URLs)."""
+        if not self.enabled or call.key is None:
+            return None
+        base = self.leaders.get(shard_of(call.key, self.shards))
+        if base is None:
+            return None
+        failed = self.unreachable.get(base)
+        if failed is not None and time.monotonic() - failed < UNREACHABLE_SECONDS:
+            return None
+        return base
+
+    def lost(self, base: str, *, unreachable: bool = False) -> None:
+        """The cached leader at ``base`` did not answer, or is no longer the leader."""
+        self.leaders = {s: u for s, u in self.leaders.items() if u != base}
+        self.stale = True
+        if unreachable:
+            self.unreachable[base] = time.monotonic()
+
+    def answered(self, resp: httpx.Response) -> None:
+        if FORWARDED_BY in resp.headers:
+            self.stale = True  # the node asked did not lead the key's shard
+        elif resp.status_code == 503 and _code(resp) == "not_leader":
+            self.stale = True
+
+
+def _code(resp: httpx.Response) -> str:
+    body = _try_json(resp.content)
+    err = body.get("error") if isinstance(body, dict) else None
+    return str(err.get("code", "")) if isinstance(err, dict) else ""
+
+
+def _base_url(address: str) -> str:
+    address = address.rstrip("/")
+    return address if "://" in address else "http://" + address
+
+
+def _cluster_call() -> _Call:
+    return _Call("GET", "/v1/cluster")
 
 
 def _headers(call: _Call) -> dict[str, str]:
@@ -588,11 +706,13 @@ class Client:
         timeout: float = 10,
         retries: int = 5,
         headers: dict[str, str] | None = None,
+        route: bool = True,
     ) -> None:
         self.urls = parse_urls(urls)
         self.timeout = timeout
         self.retries = retries
         self._endpoints = _Endpoints(self.urls)
+        self._map = _ShardMap(route)
         self._http = httpx.Client(timeout=timeout, headers=headers, follow_redirects=False)
 
     def close(self) -> None:
@@ -609,8 +729,11 @@ class Client:
     def _send(self, call: _Call, retries: int | None = None) -> httpx.Response:
         attempts = _Attempts(self._endpoints, self.retries if retries is None else retries)
         headers = _headers(call)
+        if self._map.due(call):
+            self._load_map()
+        routed = self._map.target(call)
         while True:
-            base = attempts.base
+            base = routed or attempts.base
             try:
                 resp = self._http.request(
                     call.method,
@@ -620,12 +743,28 @@ class Client:
                     content=call.content,
                 )
             except httpx.TransportError as exc:
+                if routed is not None:  # the cached leader: try the configured URLs now
+                    self._map.lost(routed, unreachable=True)
+                    routed = None
+                    continue
                 time.sleep(attempts.failed(_unreachable(base, exc)))
                 continue
+            self._map.answered(resp)
             if resp.status_code == 503:
+                if routed is not None:
+                    self._map.lost(routed)
+                    routed = None
                 time.sleep(attempts.failed(error_from(resp)))
                 continue
             return _check(resp)
+
+    def _load_map(self) -> None:
+        try:
+            body = _json(self._send(_cluster_call(), retries=len(self.urls) - 1))
+        except TideError:  # no map: the configured URLs serve (and forward)
+            self._map.empty += 1  # and the next load waits longer
+            return
+        self._map.load(body)
 
     # -- keys
 
@@ -658,7 +797,7 @@ class Client:
         self, key: str, *, if_match: str | None = None, author: str | None = None
     ) -> Written:
         headers = _write_headers(if_match, author)
-        return _written(self._send(_Call("DELETE", _key_path(key), headers=headers, write=True)))
+        return _written(self._send(_delete_call(key, headers)))
 
     def rollback(
         self, key: str, to: str, *, if_match: str | None = None, author: str | None = None
@@ -789,11 +928,13 @@ class AsyncClient:
         timeout: float = 10,
         retries: int = 5,
         headers: dict[str, str] | None = None,
+        route: bool = True,
     ) -> None:
         self.urls = parse_urls(urls)
         self.timeout = timeout
         self.retries = retries
         self._endpoints = _Endpoints(self.urls)
+        self._map = _ShardMap(route)
         self._http = httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False)
 
     async def aclose(self) -> None:
@@ -810,8 +951,11 @@ class AsyncClient:
     async def _send(self, call: _Call, retries: int | None = None) -> httpx.Response:
         attempts = _Attempts(self._endpoints, self.retries if retries is None else retries)
         headers = _headers(call)
+        if self._map.due(call):
+            await self._load_map()
+        routed = self._map.target(call)
         while True:
-            base = attempts.base
+            base = routed or attempts.base
             try:
                 resp = await self._http.request(
                     call.method,
@@ -821,12 +965,28 @@ class AsyncClient:
                     content=call.content,
                 )
             except httpx.TransportError as exc:
+                if routed is not None:  # the cached leader: try the configured URLs now
+                    self._map.lost(routed, unreachable=True)
+                    routed = None
+                    continue
                 await asyncio.sleep(attempts.failed(_unreachable(base, exc)))
                 continue
+            self._map.answered(resp)
             if resp.status_code == 503:
+                if routed is not None:
+                    self._map.lost(routed)
+                    routed = None
                 await asyncio.sleep(attempts.failed(error_from(resp)))
                 continue
             return _check(resp)
+
+    async def _load_map(self) -> None:
+        try:
+            body = _json(await self._send(_cluster_call(), retries=len(self.urls) - 1))
+        except TideError:  # no map: the configured URLs serve (and forward)
+            self._map.empty += 1  # and the next load waits longer
+            return
+        self._map.load(body)
 
     # -- keys
 
@@ -858,8 +1018,7 @@ class AsyncClient:
         self, key: str, *, if_match: str | None = None, author: str | None = None
     ) -> Written:
         headers = _write_headers(if_match, author)
-        call = _Call("DELETE", _key_path(key), headers=headers, write=True)
-        return _written(await self._send(call))
+        return _written(await self._send(_delete_call(key, headers)))
 
     async def rollback(
         self, key: str, to: str, *, if_match: str | None = None, author: str | None = None
