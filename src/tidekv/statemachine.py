@@ -451,9 +451,7 @@ class StateMachine:
         self.dflt: Keyspace = engine.keyspace(DEFAULT_KEYSPACE)
         self.format = self._layout_format()
         #: where the key records are, and the prefix of their keys there
-        self.kspace: Keyspace = (
-            engine.keyspace(KEYS_KEYSPACE) if self.format >= 3 else self.dflt
-        )
+        self.kspace: Keyspace = engine.keyspace(KEYS_KEYSPACE) if self.format >= 3 else self.dflt
         self.kprefix: bytes = b"" if self.format >= 3 else K
         self._kget = self.kspace.getter()
         self._write_ops = engine.batch_writer()
@@ -570,9 +568,7 @@ class StateMachine:
         pre = self.kprefix
         hi = (prefix_end(pre) if pre else None) if end is None else pre + end
         n = len(pre)
-        decode: Callable[[bytes], KeyRecord] = (
-            decode_full_key_record if full else decode_key_record
-        )
+        decode: Callable[[bytes], KeyRecord] = decode_full_key_record if full else decode_key_record
         for k, raw in self.kspace.scan(pre + start, hi, limit=limit):
             yield k[n:].decode(), decode(raw)
 
