@@ -270,16 +270,20 @@ class Store:
             if self._closed:
                 raise StoreClosed("the store is closed")
             sm = self.sm
-            clock, last = sm.clock, self._hlc.last
-            if clock.wall > last.wall or (clock.wall == last.wall and clock.logical > last.logical):
+            hlc = self._hlc
+            clock, last = sm.clock, hlc.last
+            # (after a local write they are the same object: no comparison)
+            if clock is not last and (
+                clock.wall > last.wall or (clock.wall == last.wall and clock.logical > last.logical)
+            ):
                 # versions applied from elsewhere (replication) moved the clock on: a
                 # local write must come after everything it may have seen
-                self._hlc.update(clock, self._clock())
+                hlc.update(clock, self._clock())
             result = sm.write(
                 key,
                 value,
                 content_type,
-                self._hlc.now(self._clock()),
+                hlc.now(self._clock()),
                 self.origin,
                 self.author if author is None else author,
                 if_match,
