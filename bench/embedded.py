@@ -3,8 +3,8 @@
 For each engine: N random 16-byte keys with 100-byte values, in interleaved rounds
 (each round: a fresh raw engine and a fresh store, then raw put, store put, raw get,
 store get, so a load spike hits both sides of a ratio alike).
-- put:  raw ``engine.put(k, v)`` vs ``store.put(k, v)`` (a versioned write: key record,
-        version record and change-log entry in one atomic batch), no fsync;
+- put:  raw ``engine.put(k, v)`` vs ``store.put(k, v)`` (a versioned write of a new key:
+        key record and change-log entry in one atomic batch), no fsync;
 - batch: the raw engine writing the same records a store put writes (same sizes, same
         key shapes) as one ``write_batch`` per change: the engine's own cost of the
         layout, the floor under a versioned put;

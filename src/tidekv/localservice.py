@@ -329,11 +329,10 @@ class LocalService:
             if prefix and not change.key.startswith(prefix):
                 out.append((change.revision, None))
                 continue
-            rec = sm.version_record(change.version)
-            if rec is None:
+            got = sm.find(change.key, change.version)
+            if got is None:
                 raise StorageError(f"change {change.revision} names a missing version")
-            version = rec[1]
-            value = sm.value_of(version)
+            _rev, version, value = got
             out.append(
                 (
                     change.revision,

@@ -6,50 +6,52 @@ committed entries through it unchanged: a :class:`WriteCommand` carries everythi
 must be identical on every replica (the HLC time and origin are chosen by the proposer),
 and :meth:`StateMachine.apply` is deterministic given the engine's contents.
 
-Layout in the engine (format 3): the key records have a keyspace of their own,
+Layout in the engine (format 4): the key records have a keyspace of their own,
 ``keys`` (a RocksDB column family on ``lsm``: its own memtable, files and bloom filters,
 so the get of a key record searches only key records); every other record is in the
 default keyspace and starts with a one-byte tag::
 
-    keys: <key utf-8>       -> KeyRecord: current heads, the served (resolved) version and
-                               its value inline
-    V<version id>           -> VersionRecord: the version's fields, the revision that
-                               applied it, and its value unless K serves it
-    D<version id>           -> the value of a version that K no longer serves
+    keys: <key utf-8>       -> KeyRecord: current heads, the served (resolved) version
+                               with every field of it (parents, origin, author: the
+                               rest is derived) and its value inline
+    V<version id>           -> VersionRecord: a version K does not serve (a sibling
+                               that lost, or one that was superseded), its revision
+                               and its value
     C<revision 8 bytes BE>  -> change: 0x02, version id (20 bytes), tombstone flag, the
                                store's HLC after the change (10 bytes), the key (utf-8)
-    M<name>                 -> store metadata (origin, ``M format`` = 3, the Raft
+    M<name>                 -> store metadata (origin, ``M format`` = 4, the Raft
                                applied index)
     I<idempotency key>      -> the outcome of the first request with that key (replicated)
 
-A value is stored once: inline in K while its version is served (a read is one engine
-get), in V when it is written as a sibling that is not served, and moved to D by the
-change that stops K serving it. A change writes K, V and C -- plus D when it replaces
-the served version of an existing key -- in ONE atomic write batch, so a crash never
-leaves a version without its key record or change-log entry, or the reverse. K is the
-last record of the batch, C comes after V: an engine that applies a batch op by op
-(memory, hash) shows readers without the write lock a key record or change entry only
-after the records it names. The
-revision is the position in the change log; the newest ``C`` entry also holds the
-store's HLC, so both survive a restart without an extra write.
+A version is stored once: whole in its key's K record while it is served, and in
+``V<id>`` (with its value) from the change that stops K serving it (or at once when it
+is written as a sibling that is not served). So a put of a new key writes two records
+(K, C) and a put that replaces the served version three (V of the old one, K, C), in
+ONE atomic write batch: a crash never leaves a version without its key record or
+change-log entry, or the reverse. Every reader that names a version also names its key
+and looks in K first, then in V: the batch that stops K serving a version writes its V
+record, and an engine that applies a batch op by op (memory, hash) applies V records
+first, then K, then C, so a reader without the write lock that saw a key record or a
+change entry finds every version they name. The revision is the position in the change
+log; the newest ``C`` entry also holds the store's HLC, so both survive a restart
+without an extra write.
 
-Formats 1 and 2 kept the key records in the default keyspace as ``K<key>`` and had no
-``M format`` record; a store whose engine has data but no ``M format`` is read and
-written in that layout (format 2 records), so an old store opens and serves its data
-unchanged; a new (empty) engine gets format 3.
-
-Format 1 (before 2026-12) kept every value in ``D``, encoded ``V`` as revision +
-:meth:`Version.encode` and ``C`` as a msgpack array; both are still read (a format-1
-``V`` record starts with a zero byte, format 2 with a msgpack array header), so an old
-store opens and serves its data unchanged.
+Older formats are read and written in their own layout (``self.format``): format 3
+(``M format`` = 3) wrote a ``V`` record for every version, its value in K while served
+and in ``D<version id>`` once superseded; formats 1 and 2 (no ``M format`` record, an
+engine with data) did the same with the key records in the default keyspace as
+``K<key>``. Format 1 (before 2026-12) kept every value in ``D``, encoded ``V`` as
+revision + :meth:`Version.encode` and ``C`` as a msgpack array; both are still read (a
+format-1 ``V`` record starts with a zero byte, later ones with a msgpack array header).
+A new (empty) engine gets format 4. The readers below handle every format.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import msgspec
 
@@ -80,13 +82,15 @@ K, V, D, C, M = b"K", b"V", b"D", b"C", b"M"
 IDEM = b"I"
 _REV = struct.Struct(">Q")
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+FORMATS = (3, 4)  # the values of ``M format`` this code reads (formats 1-2 have none)
 KEYS_KEYSPACE = "keys"
 _CHANGE_FORMAT = 2
 _CHANGE = struct.Struct(">B20s?QH")  # format, version id, deleted, clock wall, logical
 _sha256 = hashlib.sha256
 _fromhex = bytes.fromhex
 _trusted_ts = HLCTimestamp.trusted
+_trusted_version = Version._trusted
 _CT_CODE = {t: i for i, t in enumerate(CONTENT_TYPE_CODES)}
 
 
@@ -114,6 +118,61 @@ class KeyRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
     def content_type(self) -> str:
         c = self.ctype
         return c if type(c) is str else CONTENT_TYPE_CODES[c]  # type: ignore[index]
+
+
+class FullKeyRecord(KeyRecord, array_like=True, frozen=True, gc=False):
+    """A key record with the rest of the served version (format 4): its parents (raw
+    20-byte ids), origin and author; the id, HLC, content type, tombstone flag and value
+    are the record's own fields, the digest and size are the value's. Older records end
+    after ``hlc_logical`` and decode with ``parents = None`` (their version is in V);
+    :class:`KeyRecord` decodes either and ignores these fields (the get path)."""
+
+    parents: tuple[bytes, ...] | None = None
+    origin: str = ""
+    author: str = ""
+
+    def served(self, key: str) -> Version | None:
+        """The served version (``None`` for a record of an older format)."""
+        ps = self.parents
+        if ps is None:
+            return None
+        value = self.value
+        c = self.ctype
+        return _trusted_version(
+            self.version,
+            key,
+            tuple([p.hex() for p in ps]) if ps else (),
+            _trusted_ts(self.hlc_wall, self.hlc_logical),
+            self.origin,
+            self.author,
+            c if type(c) is str else CONTENT_TYPE_CODES[c],  # type: ignore[index]
+            "" if value is None else _sha256(value).hexdigest(),
+            0 if value is None else len(value),
+            self.deleted,
+        )
+
+    def version_record(self, key: str) -> bytes:
+        """The encoded V record of the served version, with its value (written by the
+        change that stops this record serving it)."""
+        value = self.value
+        return _enc.encode(
+            VersionRecord(
+                RECORD_FORMAT,
+                _fromhex(self.version),
+                key,
+                list(self.parents or ()),
+                self.hlc_wall,
+                self.hlc_logical,
+                self.origin,
+                self.author,
+                self.ctype,
+                b"",  # recomputed from the value when read
+                0 if value is None else len(value),
+                self.deleted,
+                self.revision,
+                value,
+            )
+        )
 
 
 class VersionRecord(EncodedVersion, array_like=True, frozen=True, gc=False):
@@ -145,6 +204,7 @@ class ChangeRecord(msgspec.Struct, array_like=True, frozen=True):
 _enc = msgspec.msgpack.Encoder()
 _key_enc = _enc
 _key_dec = msgspec.msgpack.Decoder(KeyRecord)
+_full_dec = msgspec.msgpack.Decoder(FullKeyRecord)
 _vrec_dec = msgspec.msgpack.Decoder(VersionRecord)
 _chg_dec = msgspec.msgpack.Decoder(ChangeRecord)
 
@@ -302,15 +362,30 @@ def decode_key_record(raw: bytes) -> KeyRecord:
         raise CorruptionError(f"unreadable key record: {exc}") from exc
 
 
+def decode_full_key_record(raw: bytes) -> FullKeyRecord:
+    try:
+        return _full_dec.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise CorruptionError(f"unreadable key record: {exc}") from exc
+
+
 def decode_version_record(raw: bytes) -> tuple[int, Version]:
-    """(revision, version) of a ``V`` record of either format."""
+    """(revision, version) of a ``V`` record of any format."""
+    rev, version, _value = decode_version_value(raw)
+    return rev, version
+
+
+def decode_version_value(raw: bytes) -> tuple[int, Version, bytes | None]:
+    """(revision, version, value) of a ``V`` record of any format; the value is ``None``
+    when the record does not hold it (a tombstone, format 1, or format 2-3 while K
+    served the version)."""
     try:
         if raw[:1] == b"\x00":  # format 1: revision (8 bytes BE) + Version.encode()
-            return _REV.unpack_from(raw)[0], Version.decode(raw[8:])
+            return _REV.unpack_from(raw)[0], Version.decode(raw[8:]), None
         r = _vrec_dec.decode(raw)
         if r.format != RECORD_FORMAT:
             raise CorruptionError(f"unknown version record format {r.format}")
-        return r.revision, r.version()
+        return r.revision, r.version(), r.value
     except CorruptionError:
         raise
     except Exception as exc:
@@ -376,10 +451,10 @@ class StateMachine:
         self.dflt: Keyspace = engine.keyspace(DEFAULT_KEYSPACE)
         self.format = self._layout_format()
         #: where the key records are, and the prefix of their keys there
-        self.kspace: Keyspace = (
-            engine.keyspace(KEYS_KEYSPACE) if self.format >= 3 else self.dflt
-        )
+        self.kspace: Keyspace = engine.keyspace(KEYS_KEYSPACE) if self.format >= 3 else self.dflt
         self.kprefix: bytes = b"" if self.format >= 3 else K
+        self._kget = self.kspace.getter()
+        self._write_ops = engine.batch_writer()
         self.revision, self.clock = self._recover_position()
         raw = engine.get(APPLIED_KEY)
         self.applied = 0 if raw is None else _REV.unpack(raw)[0]
@@ -388,8 +463,8 @@ class StateMachine:
     # -- recovery ---------------------------------------------------------------
 
     def _layout_format(self) -> int:
-        """3 for a new store (written down), 2 for an older one (formats 1 and 2 share
-        the key-record layout)."""
+        """4 for a new store (written down), the recorded format for a store of format
+        3 or later, 2 for an older one (formats 1 and 2 share the key-record layout)."""
         raw = self.engine.get(FORMAT_KEY)
         if raw is None:
             if next(self.dflt.scan(limit=1), None) is not None:
@@ -400,7 +475,7 @@ class StateMachine:
             fmt = int(raw)
         except ValueError:
             fmt = -1
-        if fmt != FORMAT_VERSION:
+        if fmt not in FORMATS:
             raise CorruptionError(f"unknown store format {raw!r}")
         return fmt
 
@@ -413,41 +488,72 @@ class StateMachine:
 
     # -- reads ------------------------------------------------------------------
 
-    def key_record(self, key: str) -> KeyRecord | None:
+    def key_record(self, key: str) -> FullKeyRecord | None:
         raw = self.kspace.get(self.kprefix + key.encode())
-        return None if raw is None else decode_key_record(raw)
+        return None if raw is None else decode_full_key_record(raw)
 
-    def version_record(self, version_id: str) -> tuple[int, Version] | None:
-        raw = self.engine.get(version_key(version_id))
-        return None if raw is None else decode_version_record(raw)
+    def find(self, key: str, version_id: str) -> tuple[int, Version, bytes | None] | None:
+        """(revision, version, value) of version ``version_id`` of ``key`` (the value is
+        ``None`` for a tombstone), or ``None`` when ``key`` has no such version.
 
-    def lookup(self, version_id: str) -> Version | None:
-        rec = self.version_record(version_id)
-        return None if rec is None else rec[1]
+        K first (format 4 keeps the served version only there), then ``V``; a
+        superseded version's V record is written in the batch that stops K serving it
+        (before K, for engines that apply a batch op by op), so a reader without the
+        write lock finds it in one of them. A version that became visible after the
+        first K read (its id seen elsewhere) is found by reading K once more."""
+        kk = self.kprefix + key.encode()
+        raw = self.kspace.get(kk)
+        rec = None if raw is None else decode_full_key_record(raw)
+        if rec is not None and rec.version == version_id:
+            served = rec.served(key)
+            if served is not None:
+                return rec.revision, served, rec.value
+        vraw = self.engine.get(V + version_id.encode())
+        if vraw is None:
+            raw = self.kspace.get(kk)
+            if raw is None:
+                return None
+            rec = decode_full_key_record(raw)
+            served = rec.served(key) if rec.version == version_id else None
+            return None if served is None else (rec.revision, served, rec.value)
+        rev, version, value = decode_version_value(vraw)
+        if version.key != key:
+            return None
+        if value is None and not version.deleted:
+            value = self._old_value(kk, rec, version_id)
+        return rev, version, value
+
+    def _old_value(self, kk: bytes, rec: KeyRecord | None, version_id: str) -> bytes:
+        """The value of a version whose V record (formats 1-3) does not hold it: in K
+        while served, else in ``D`` (the batch that stops K serving it writes D)."""
+        if rec is not None and rec.version == version_id and rec.value is not None:
+            return rec.value
+        value = self.engine.get(D + version_id.encode())
+        if value is None:
+            raw = self.kspace.get(kk)  # served from a K record newer than ``rec``
+            again = None if raw is None else decode_key_record(raw)
+            if again is not None and again.version == version_id and again.value is not None:
+                return again.value
+            raise CorruptionError(f"value of version {version_id} is missing")
+        return value
+
+    def version_record(self, version_id: str, key: str) -> tuple[int, Version] | None:
+        """(revision, version) of version ``version_id`` of ``key``, or ``None``."""
+        got = self.find(key, version_id)
+        return None if got is None else (got[0], got[1])
+
+    def lookup(self, version_id: str, key: str) -> Version | None:
+        got = self.find(key, version_id)
+        return None if got is None else got[1]
 
     def value_of(self, version: Version) -> bytes | None:
-        """The value of a version: inline in its ``V`` record, else inline in its key's
-        ``K`` record while it is the served version, else in ``D<id>``."""
+        """The value of a version (``None`` for a tombstone)."""
         if version.deleted:
             return None
-        vid = version.id
-        raw = self.engine.get(version_key(vid))
-        if raw is not None and raw[:1] != b"\x00":
-            try:
-                value = _vrec_dec.decode(raw).value
-            except msgspec.DecodeError as exc:
-                raise CorruptionError(f"unreadable version record: {exc}") from exc
-            if value is not None:
-                return value
-        # K before D: the batch that stops K serving this version also writes its D
-        # record, so a reader without the write lock finds the value in one or the other
-        rec = self.key_record(version.key)
-        if rec is not None and rec.version == vid and rec.value is not None:
-            return rec.value
-        value = self.engine.get(value_key(vid))
-        if value is None:
-            raise CorruptionError(f"value of version {vid} is missing")
-        return value
+        got = self.find(version.key, version.id)
+        if got is None or got[2] is None:
+            raise CorruptionError(f"value of version {version.id} is missing")
+        return got[2]
 
     def changes(self, since: int = 0, limit: int | None = None) -> Iterator[Change]:
         for k, raw in self.engine.scan(change_key(since + 1), prefix_end(C), limit=limit):
@@ -455,14 +561,16 @@ class StateMachine:
             yield Change(_REV.unpack_from(k, 1)[0], key, vid, deleted)
 
     def scan_keys(
-        self, start: bytes, end: bytes | None, limit: int | None = None
+        self, start: bytes, end: bytes | None, limit: int | None = None, *, full: bool = False
     ) -> Iterator[tuple[str, KeyRecord]]:
-        """Key records with ``start <= key bytes < end`` (``None``: no bound), in order."""
+        """Key records with ``start <= key bytes < end`` (``None``: no bound), in order;
+        with ``full``, :class:`FullKeyRecord` s (the served version's other fields)."""
         pre = self.kprefix
         hi = (prefix_end(pre) if pre else None) if end is None else pre + end
         n = len(pre)
+        decode: Callable[[bytes], KeyRecord] = decode_full_key_record if full else decode_key_record
         for k, raw in self.kspace.scan(pre + start, hi, limit=limit):
-            yield k[n:].decode(), decode_key_record(raw)
+            yield k[n:].decode(), decode(raw)
 
     # -- the one write path -----------------------------------------------------
 
@@ -471,13 +579,37 @@ class StateMachine:
         when a precondition fails."""
         return self.write(*_fields(cmd))
 
-    def write(self, *fields: *_Fields) -> WriteResult:
+    def write(
+        self,
+        key: str,
+        value: bytes | None,
+        content_type: str,
+        hlc: HLCTimestamp,
+        origin: str,
+        author: str = "",
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        parents: tuple[str, ...] | None = None,
+        require_exists: bool = False,
+    ) -> WriteResult:
         """:meth:`apply` with the command's fields as arguments, in the order of
         :class:`WriteCommand` up to ``require_exists`` (the embedded store's path: no
         command object is built)."""
-        ops, result, clock = self._plan(*fields)
-        self.engine.write_batch_multi(ops, sync=self.sync)
-        self.revision, self.clock = result.revision, clock
+        ops, result, clock = self._plan(
+            key,
+            value,
+            content_type,
+            hlc,
+            origin,
+            author,
+            if_match,
+            if_none_match,
+            parents,
+            require_exists,
+        )
+        self._write_ops(ops, self.sync)
+        self.revision = result.revision
+        self.clock = clock
         return result
 
     def apply_entry(self, cmd: WriteCommand, index: int) -> WriteResult | TideError:
@@ -525,34 +657,36 @@ class StateMachine:
         raw = self.engine.get(idem_key(idempotency_key))
         return None if raw is None else _decode_outcome(raw)
 
-    def _plan(self, *fields: *_Fields) -> tuple[list[KsOp], WriteResult, HLCTimestamp]:
+    def _plan(
+        self,
+        key: str,
+        value: bytes | None,
+        content_type: str,
+        hlc: HLCTimestamp,
+        origin: str,
+        author: str,
+        if_match: str | None,
+        if_none_match: bool,
+        parents: tuple[str, ...] | None,
+        require_exists: bool,
+    ) -> tuple[list[KsOp], WriteResult, HLCTimestamp]:
         """The engine ops of one change and its result; raises when a precondition fails.
 
         One flat function on purpose (it is the hot path of every write): no version
-        object, the id over the canonical encoding by :func:`trusted_version_id`, three
-        records encoded once each."""
-        (
-            key,
-            value,
-            content_type,
-            hlc,
-            origin,
-            author,
-            if_match,
-            if_none_match,
-            parents,
-            require_exists,
-        ) = fields
+        object, the id over the canonical encoding by :func:`trusted_version_id`, each
+        record encoded once. Format 4: a put that K serves is two records (K, C), plus
+        the V record of the version K stops serving; older formats: V, C, K and a D
+        record for the value K stops serving."""
         kb = key.encode()
         kk = self.kprefix + kb
         kspace = self.kspace
-        raw = kspace.get(kk)
+        raw = self._kget(kk)
         if raw is None:
             current = None
             heads: tuple[str, ...] = ()
             absent = True
         else:
-            current = decode_key_record(raw)
+            current = decode_full_key_record(raw)
             heads = current.heads
             absent = current.deleted and len(heads) <= 1
         if if_none_match and not absent:
@@ -574,7 +708,7 @@ class StateMachine:
                 raise InvalidInput("parents must be a sequence of version ids, not one string")
             parents = tuple(sorted({check_version_id(p) for p in parents}))
             for p in parents:
-                if self.engine.get(version_key(p)) is None:
+                if not self._has_version(key, p, current):
                     raise VersionNotFound(f"parent version {p} not found", version=p)
 
         if value is None:
@@ -595,98 +729,147 @@ class StateMachine:
             ps = set(parents)
             new_heads = tuple(sorted({h for h in heads if h not in ps} | {vid}))
         ct = _CT_CODE.get(content_type, content_type)
-        if len(new_heads) == 1:
+        pb = [_fromhex(p) for p in parents] if parents else []
+        encode = _enc.encode
+        dflt = self.dflt
+        inline = self.format >= 4
+        ops: list[KsOp] = []
+        if len(new_heads) == 1:  # the common case: the new version is served
             served_id = vid
-            record = KeyRecord((), vid, revision, ct, deleted, value, wall, logical)
+            if inline:
+                record = encode(
+                    (
+                        (),
+                        vid,
+                        revision,
+                        ct,
+                        deleted,
+                        value,
+                        wall,
+                        logical,
+                        pb,
+                        origin,
+                        author,
+                    )
+                )
+            else:
+                record = encode(KeyRecord((), vid, revision, ct, deleted, value, wall, logical))
         else:
-            new = Version._trusted(
+            new = _trusted_version(
                 vid, key, parents, hlc, origin, author, content_type, digest.hex(), size, deleted
             )
             served, served_rev, served_value = self._resolve(new_heads, new, revision, value)
-            record = KeyRecord(
+            served_id = served.id
+            sct = _CT_CODE.get(served.content_type, served.content_type)
+            fields8 = (
                 new_heads,
-                served.id,
+                served_id,
                 served_rev,
-                _CT_CODE.get(served.content_type, served.content_type),
+                sct,
                 served.deleted,
                 served_value,
                 served.hlc.wall,
                 served.hlc.logical,
             )
-            served_id = served.id
-        # the value is stored once: inline in K while this version is served, else in V
+            if inline:
+                record = encode(
+                    (
+                        *fields8,
+                        [_fromhex(p) for p in served.parents],
+                        served.origin,
+                        served.author,
+                    )
+                )
+            else:
+                record = encode(KeyRecord(*fields8))
         in_k = served_id == vid
         vid_b = _fromhex(vid)
-        encode = _enc.encode
-        # K last: an engine that applies a batch op by op (memory, hash) shows a reader
-        # without the lock the new K record only after the V, D and C records it needs
-        dflt = self.dflt
-        ops: list[KsOp] = [
-            (
-                dflt,
-                V + vid.encode(),
-                encode(
-                    VersionRecord(
-                        RECORD_FORMAT,
-                        vid_b,
-                        key,
-                        [_fromhex(p) for p in parents] if parents else [],
-                        wall,
-                        logical,
-                        origin,
-                        author,
-                        ct,
-                        digest if in_k else b"",  # an inline value's: recomputed when read
-                        size,
-                        deleted,
-                        revision,
-                        None if in_k else value,
-                    )
-                ),
-            ),
-            (
-                dflt,
-                C + _REV.pack(revision),
-                _CHANGE.pack(_CHANGE_FORMAT, vid_b, deleted, clock.wall, clock.logical) + kb,
-            ),
-        ]
-        if (
-            current is not None
-            and current.version != served_id
-            and current.value is not None
-            and not current.deleted
-        ):
-            # the version K served until now is no longer served: its value moves to D
-            ops.append((dflt, D + current.version.encode(), current.value))
-        ops.append((kspace, kk, encode(record)))
+        if not (inline and in_k):
+            # format 4: a version K does not serve has its V record with its value;
+            # older formats: every version has one, the value only when not in K
+            ops.append(
+                (
+                    dflt,
+                    V + vid.encode(),
+                    encode(
+                        VersionRecord(
+                            RECORD_FORMAT,
+                            vid_b,
+                            key,
+                            pb,
+                            wall,
+                            logical,
+                            origin,
+                            author,
+                            ct,
+                            digest if in_k else b"",  # an inline value's: recomputed
+                            size,
+                            deleted,
+                            revision,
+                            None if in_k else value,
+                        )
+                    ),
+                )
+            )
+        change = (
+            dflt,
+            C + _REV.pack(revision),
+            _CHANGE.pack(_CHANGE_FORMAT, vid_b, deleted, clock.wall, clock.logical) + kb,
+        )
+        if current is not None and current.version != served_id:
+            # the version K served until now is no longer served
+            if current.parents is not None:  # format 4: its V record, with its value
+                ops.append((dflt, V + current.version.encode(), current.version_record(key)))
+            elif current.value is not None and not current.deleted:
+                ops.append((dflt, D + current.version.encode(), current.value))  # older
+        if inline:
+            # V records, then K, then C: an engine that applies a batch op by op shows
+            # a reader without the lock a key record only after the V records it needs,
+            # and a change entry only after the key record that serves its version
+            ops.append((kspace, kk, record))
+            ops.append(change)
+        else:
+            ops.insert(1, change)  # older formats: V, C, (D), K
+            ops.append((kspace, kk, record))
         return ops, WriteResult(key, vid, parents, revision, hlc, deleted, new_heads), clock
+
+    def _has_version(self, key: str, version_id: str, current: KeyRecord | None) -> bool:
+        """Whether ``key`` has version ``version_id`` (the same answer in every format,
+        so replicas of different formats apply a command alike)."""
+        if current is not None and current.version == version_id:
+            return True
+        raw = self.engine.get(V + version_id.encode())
+        return raw is not None and decode_version_record(raw)[1].key == key
 
     def _resolve(
         self, heads: tuple[str, ...], new: Version, new_rev: int, new_value: bytes | None
     ) -> tuple[Version, int, bytes | None]:
-        """Resolve siblings; returns the served version, its revision and its value."""
+        """Resolve siblings; returns the served version, its revision and its value (the
+        version's own value: K holds the served version whole)."""
         versions: list[Version] = []
         revs: dict[str, int] = {new.id: new_rev}
+        values: dict[str, bytes | None] = {new.id: new_value}
         for h in heads:
             if h == new.id:
                 versions.append(new)
                 continue
-            rec = self.version_record(h)
-            if rec is None:
+            got = self.find(new.key, h)
+            if got is None:
                 raise CorruptionError(f"head version {h} is missing")
-            revs[h] = rec[0]
-            versions.append(rec[1])
+            revs[h], version, values[h] = got
+            versions.append(version)
 
         def load(v: Version) -> bytes | None:
-            return new_value if v.id == new.id else self.value_of(v)
+            return values[v.id]
 
         res = self.resolver.resolve(versions, load)
-        if res.version is not None and not res.unresolved:
-            return res.version, revs[res.version.id], res.value
-        # Unresolved (manual policy) or merged content: the record still names one head
-        # (last-write-wins) so ETags and as-of reads work; readers see `unresolved`.
-        served = max(versions, key=order_key)
-        return served, revs[served.id], load(served)
+        served = res.version
+        if served is None or res.unresolved:
+            # Unresolved (manual policy) or merged content: the record still names one
+            # head (last-write-wins) so ETags and as-of reads work; readers see
+            # `unresolved`.
+            served = max(versions, key=order_key)
+        return served, revs[served.id], values[served.id]
 
 
 def verify(sm: StateMachine) -> dict[str, int]:
@@ -702,6 +885,17 @@ def verify(sm: StateMachine) -> dict[str, int]:
         versions[vid] = rev
         if not v.deleted:
             sm.value_of(v)  # raises CorruptionError when the value is missing
+    records: list[tuple[str, FullKeyRecord]] = []
+    for key, krec in sm.scan_keys(b"", None, full=True):
+        rec = cast(FullKeyRecord, krec)
+        records.append((key, rec))
+        served = rec.served(key)
+        if served is None:
+            continue  # an older record: its version has a V record
+        if served.recompute_id() != rec.version:
+            raise CorruptionError(f"key {key!r} holds version {rec.version} with other fields")
+        if versions.setdefault(rec.version, rec.revision) != rec.revision:
+            raise CorruptionError(f"version {rec.version} has two revisions")
     changes = 0
     for change in sm.changes(0):
         changes += 1
@@ -716,18 +910,18 @@ def verify(sm: StateMachine) -> dict[str, int]:
         raise CorruptionError(f"{len(versions)} versions but {changes} changes")
     if changes != sm.revision:
         raise CorruptionError(f"revision {sm.revision} but {changes} changes")
-    keys = 0
-    for key, rec in sm.scan_keys(b"", None):
-        keys += 1
+    for key, rec in records:
         if rec.version not in rec.heads:
             raise CorruptionError(f"key {key!r} serves {rec.version}, which is not a head")
         for h in rec.heads:
             if h not in versions:
                 raise CorruptionError(f"key {key!r} has a missing head {h}")
-        served = sm.lookup(rec.version)
-        assert served is not None
-        if served.key != key or served.deleted != rec.deleted:
+        got = sm.find(key, rec.version)
+        if got is None:
+            raise CorruptionError(f"key {key!r} serves {rec.version}, which is missing")
+        served_rev, served, value = got
+        if served.key != key or served.deleted != rec.deleted or served_rev != rec.revision:
             raise CorruptionError(f"key {key!r} record disagrees with version {served.id}")
-        if not rec.deleted and rec.value != sm.value_of(served):
+        if not rec.deleted and rec.value != value:
             raise CorruptionError(f"key {key!r} inline value differs from its version")
-    return {"keys": keys, "versions": len(versions), "revision": sm.revision}
+    return {"keys": len(records), "versions": len(versions), "revision": sm.revision}

@@ -7,8 +7,8 @@ which writes the change as one atomic engine batch. Reads go straight to the eng
 Thread safety: writes are serialised by one lock (the HLC and the revision counter are
 shared state); reads take no lock: a change is one engine batch whose key record comes
 last (an engine that applies a batch op by op shows it after the records it refers to),
-version records never change once written, and a value that moves from ``K`` to ``D``
-is read from ``K`` first (see :meth:`StateMachine.value_of`).
+version records never change once written, and a version that stops being served by
+its key record gets its ``V`` record in the same batch (see :meth:`StateMachine.find`).
 """
 
 from __future__ import annotations
@@ -37,12 +37,15 @@ from tidekv.errors import (
 )
 from tidekv.statemachine import (
     Change,
+    FullKeyRecord,
     KeyRecord,
     StateMachine,
     WriteResult,
     decode_key_record,
+    decode_version_record,
     meta_key,
     verify,
+    version_key,
 )
 from tidekv.storage import Engine, open_engine, prefix_end
 from tidekv.versioning import (
@@ -267,16 +270,20 @@ class Store:
             if self._closed:
                 raise StoreClosed("the store is closed")
             sm = self.sm
-            clock, last = sm.clock, self._hlc.last
-            if clock.wall > last.wall or (clock.wall == last.wall and clock.logical > last.logical):
+            hlc = self._hlc
+            clock, last = sm.clock, hlc.last
+            # (after a local write they are the same object: no comparison)
+            if clock is not last and (
+                clock.wall > last.wall or (clock.wall == last.wall and clock.logical > last.logical)
+            ):
                 # versions applied from elsewhere (replication) moved the clock on: a
                 # local write must come after everything it may have seen
-                self._hlc.update(clock, self._clock())
+                hlc.update(clock, self._clock())
             result = sm.write(
                 key,
                 value,
                 content_type,
-                self._hlc.now(self._clock()),
+                hlc.now(self._clock()),
                 self.origin,
                 self.author if author is None else author,
                 if_match,
@@ -346,7 +353,7 @@ class Store:
 
     # -- reads ------------------------------------------------------------------
 
-    def _record(self, key: str) -> KeyRecord | None:
+    def _record(self, key: str) -> FullKeyRecord | None:
         self._check_open()
         return self.sm.key_record(self.check_key(key))
 
@@ -398,28 +405,28 @@ class Store:
         rec = self._record(key)
         return [] if rec is None else list(rec.heads)
 
-    def _version_of(self, key: str, version_id: str) -> Version:
+    def _find(self, key: str, version_id: str) -> tuple[int, Version, bytes | None]:
         check_version_id(version_id)
         self._check_open()
-        got = self.sm.lookup(version_id)
-        if got is None or got.key != key:
+        got = self.sm.find(key, version_id)
+        if got is None:
             raise VersionNotFound(
                 f"version {version_id} of key {key!r} not found", key=key, version=version_id
             )
         return got
 
+    def _version_of(self, key: str, version_id: str) -> Version:
+        return self._find(key, version_id)[1]
+
     def get_version(self, key: str, version_id: str) -> Item:
         """The content of one version. A tombstone version raises :class:`KeyNotFound`."""
         key = self.check_key(key)
-        v = self._version_of(key, version_id)
-        rec = self.sm.version_record(version_id)
-        assert rec is not None
-        value = self.sm.value_of(v)
+        rev, v, value = self._find(key, version_id)
         if value is None:
             raise KeyNotFound(
                 f"version {version_id} of {key!r} is a deletion", key=key, version=version_id
             )
-        return Item(key, value, v.content_type, v.id, rec[0], v.hlc)
+        return Item(key, value, v.content_type, v.id, rev, v.hlc)
 
     def history(
         self, key: str, *, limit: int | None = None, before: str | None = None
@@ -430,9 +437,16 @@ class Store:
         if rec is None:
             raise KeyNotFound(f"key {key!r} not found", key=key)
         revs: dict[str, int] = {}
+        sm = self.sm
+        served = rec.served(key)  # format 4: the served version is whole in K
+        vget = self.engine.get
 
         def lookup(vid: str) -> Version | None:
-            got = self.sm.version_record(vid)
+            if served is not None and vid == served.id:
+                revs[vid] = rec.revision
+                return served
+            raw = vget(version_key(vid))
+            got = decode_version_record(raw) if raw is not None else sm.version_record(vid, key)
             if got is None:
                 return None
             revs[vid] = got[0]

@@ -1,6 +1,8 @@
-"""The store's record layout (statemachine.py): a value is stored once, key records have
-their own keyspace (format 3), format-1 and format-2 stores still read, and readers
-without the write lock always find a version's value."""
+"""The store's record layout (statemachine.py): a version is stored once (whole in its
+key record while served, in V from the change that stops K serving it: format 4), key
+records have their own keyspace (format 3 on), format-1, 2 and 3 stores still read and
+take writes in their own layout, and readers without the write lock always find a
+version and its value."""
 
 from __future__ import annotations
 
@@ -12,21 +14,23 @@ import msgspec
 import pytest
 
 import tidekv
-from tidekv.errors import CorruptionError
+from tidekv.errors import CorruptionError, VersionNotFound
 from tidekv.statemachine import (
     FORMAT_KEY,
     KEYS_KEYSPACE,
     D,
     K,
+    StateMachine,
     V,
     WriteCommand,
     WriteResult,
     change_key,
     key_key,
     value_key,
+    verify,
     version_key,
 )
-from tidekv.storage import DEFAULT_KEYSPACE, open_engine
+from tidekv.storage import DEFAULT_KEYSPACE, Engine, open_engine
 from tidekv.store import Store
 from tidekv.versioning import HLCTimestamp, Version, make_version
 
@@ -43,26 +47,61 @@ def _vrec(store: Store, vid: str) -> list[object]:
     return out
 
 
-def test_a_value_is_stored_once_and_moves_when_superseded(store: Store) -> None:
+def _no_vrec(store: Store, vid: str) -> bool:
+    return store.engine.get(version_key(vid)) is None
+
+
+def test_a_version_is_stored_once_and_moves_to_v_when_superseded(store: Store) -> None:
     v1 = store.put("k", b"one")
-    # while served, the value is inline in K only: not in V, no D record
-    assert _vrec(store, v1.version)[-1] is None
+    # while served, the version is whole in K only: no V record, no D record
+    assert _no_vrec(store, v1.version)
     assert store.engine.get(value_key(v1.version)) is None
+    assert store.get("k", version=v1.version).value == b"one"
+    assert [vi.version.id for vi in store.history("k")] == [v1.version]
     v2 = store.put("k", b"two")
-    # the change that stopped serving v1 moved its value to D, in the same batch
-    assert store.engine.get(value_key(v1.version)) == b"one"
-    assert _vrec(store, v2.version)[-1] is None
+    # the change that stopped serving v1 wrote its V record, with its value
+    assert _vrec(store, v1.version)[-1] == b"one"
+    assert store.engine.get(value_key(v1.version)) is None  # format 4 writes no D
+    assert _no_vrec(store, v2.version)
     assert store.get("k").value == b"two"
     assert store.get("k", version=v1.version).value == b"one"
     assert store.get("k", version=v2.version).value == b"two"
-    # the digest (left out beside an inline value) is the value's, recomputed
+    # the digest and size (left out beside a value) are the value's, recomputed
     assert [vi.version.size for vi in store.history("k")] == [3, 3]
+    assert [vi.revision for vi in store.history("k")] == [2, 1]
     for vi in store.history("k"):
         assert vi.version.recompute_id() == vi.version.id
     d = store.delete("k")
-    assert store.engine.get(value_key(v2.version)) == b"two"
-    assert store.engine.get(value_key(d.version)) is None  # a tombstone has no value
-    assert store.verify() == {"keys": 1, "versions": 3, "revision": 3}
+    assert _vrec(store, v2.version)[-1] == b"two"
+    assert _no_vrec(store, d.version)  # the served tombstone is in K
+    assert [vi.version.id for vi in store.history("k")] == [d.version, v2.version, v1.version]
+    assert store.history("k")[0].version.deleted
+    back = store.rollback("k", v1.version)
+    assert _vrec(store, d.version)[-2:] == [3, None]  # a tombstone's V: revision, no value
+    assert store.get("k").value == b"one" and back.parents == (d.version,)
+    assert store.diff("k", v2.version) == store.diff("k", v2.version, back.version)
+    assert store.get("k", as_of=2).value == b"two"  # as of a revision: from V records
+    assert store.verify() == {"keys": 1, "versions": 4, "revision": 4}
+
+
+def test_versions_of_another_key_are_not_found(store: Store) -> None:
+    a = store.put("a", b"1")
+    b = store.put("b", b"1")
+    store.put("b", b"2")  # b's first version now has a V record
+    with pytest.raises(VersionNotFound):
+        store.get("a", version=b.version)
+    with pytest.raises(VersionNotFound):
+        store.get("b", version=a.version)
+    cmd = WriteCommand(
+        key="a",
+        value=b"x",
+        content_type="application/octet-stream",
+        hlc=HLCTimestamp(a.hlc.wall + 1, 0),
+        origin="site-b",
+        parents=(b.version,),
+    )
+    with pytest.raises(VersionNotFound):
+        store.sm.apply(cmd)  # a parent must be a version of the same key
 
 
 def _sibling(
@@ -80,16 +119,34 @@ def _sibling(
     return store.sm.apply(cmd)
 
 
-def test_a_sibling_that_is_not_served_keeps_its_value_in_v(store: Store) -> None:
+def test_a_sibling_that_is_not_served_has_its_value_in_v(store: Store) -> None:
     base = store.put("k", b"base")
     late = _sibling(store, base, b"late", 10_000, "site-b")
     early = _sibling(store, base, b"early", 5_000, "site-a")
-    assert store.get("k").value == b"late"  # served: inline in K
-    assert _vrec(store, late.version)[-1] is None
-    assert _vrec(store, early.version)[-1] == b"early"  # lost: its value stays in V
+    assert store.get("k").value == b"late"  # served: whole in K
+    assert store.get("k").siblings == 2
+    assert _no_vrec(store, late.version)
+    assert _vrec(store, early.version)[-1] == b"early"  # lost: in V at once
+    assert _vrec(store, base.version)[-1] == b"base"  # superseded by late
     assert store.get("k", version=early.version).value == b"early"
     assert store.get("k", version=base.version).value == b"base"
-    store.verify()
+    assert store.get("k", version=late.version).value == b"late"
+    assert {vi.version.id for vi in store.history("k")} == {
+        base.version,
+        late.version,
+        early.version,
+    }
+    assert store.verify() == {"keys": 1, "versions": 3, "revision": 3}
+    # a child of the losing sibling that is older than the served one: late stays served
+    child = _sibling(store, early, b"child", 1_000, "site-a")
+    assert store.get("k").value == b"late"
+    assert set(store.heads("k")) == {late.version, child.version}
+    assert _vrec(store, child.version)[-1] == b"child"
+    # resolving both: the served version changes, late gets its V record
+    merged = store.put("k", b"merged")
+    assert merged.parents == tuple(sorted([late.version, child.version]))
+    assert _vrec(store, late.version)[-1] == b"late"
+    assert store.verify() == {"keys": 1, "versions": 5, "revision": 5}
 
 
 def _format1_store(engine_path: Path) -> tuple[list[Version], dict[str, bytes]]:
@@ -184,7 +241,8 @@ def test_readers_without_the_lock_always_find_the_value(engine_name: str, tmp_pa
 
 
 def test_engine_records_of_one_change(store: Store) -> None:
-    """A fresh key is three records (K, V, C); replacing its value adds one D."""
+    """A fresh key is two records (K, C); replacing its value adds the V record of the
+    version K stops serving."""
 
     def tags() -> dict[bytes, int]:
         out: dict[bytes, int] = {}
@@ -199,7 +257,7 @@ def test_engine_records_of_one_change(store: Store) -> None:
     after = tags()
     assert {t: after.get(t, 0) - before.get(t, 0) for t in (K, V, D, b"C")} == {
         K: 1,
-        V: 1,
+        V: 0,
         D: 0,
         b"C": 1,
     }
@@ -208,7 +266,7 @@ def test_engine_records_of_one_change(store: Store) -> None:
     assert {t: again.get(t, 0) - after.get(t, 0) for t in (K, V, D, b"C")} == {
         K: 0,
         V: 1,
-        D: 1,
+        D: 0,
         b"C": 1,
     }
 
@@ -218,7 +276,8 @@ def test_a_new_store_keeps_key_records_in_their_own_keyspace(
 ) -> None:
     with tidekv.open(str(tmp_path), engine_name) as s:
         v = s.put("k", b"v")
-        assert s.engine.get(FORMAT_KEY) == b"3"
+        assert s.engine.get(FORMAT_KEY) == b"4"
+        assert s.sm.format == 4
         keys = s.engine.keyspace(KEYS_KEYSPACE)
         assert [k for k, _v in keys.scan()] == [b"k"]
         assert s.engine.get(key_key("k")) is None
@@ -231,8 +290,6 @@ def _format2_store(path: Path, engine_name: str) -> list[WriteResult]:
     """A store in the format-2 layout: K records in the default keyspace, no M format
     (written with today's state machine forced to format 2, as the code before format 3
     wrote it: the records of formats 2 and 3 differ only in where K lives)."""
-    from tidekv.statemachine import StateMachine
-
     eng = open_engine(engine_name, None if engine_name == "memory" else str(path))
     eng.put(b"Morigin", b"old-site", sync=True)  # data before the state machine opens
     sm = StateMachine(eng)
@@ -283,3 +340,191 @@ def test_an_unknown_store_format_is_refused(tmp_path: Path) -> None:
         s.engine.put(FORMAT_KEY, b"9", sync=True)
     with pytest.raises(CorruptionError, match="unknown store format"):
         tidekv.open(str(tmp_path))
+
+
+def _format3_store(path: Path, engine_name: str) -> tuple[Engine, list[WriteResult]]:
+    """A store in the format-3 layout (a V record for every version, the value of a
+    superseded one in D), written by today's state machine on an engine whose
+    ``M format`` says 3, as the code before format 4 wrote it."""
+    eng = open_engine(engine_name, None if engine_name == "memory" else str(path))
+    eng.put(FORMAT_KEY, b"3", sync=True)
+    eng.put(b"Morigin", b"old-site", sync=True)
+    sm = StateMachine(eng)
+    assert sm.format == 3 and sm.kprefix == b""
+    t = 1_763_800_000_000
+    out = []
+    for i, (key, value) in enumerate([("a", b"a1"), ("b", b"b1"), ("a", b"a2")]):
+        cmd = WriteCommand(
+            key=key,
+            value=value,
+            content_type="application/octet-stream",
+            hlc=HLCTimestamp(t + i, 0),
+            origin="old-site",
+        )
+        out.append(sm.apply(cmd))
+    a1 = out[0]
+    for r in out:
+        assert eng.get(version_key(r.version)) is not None  # format 3: V for every version
+    assert eng.get(value_key(a1.version)) == b"a1"  # and D for a superseded value
+    return eng, out
+
+
+def test_a_format_3_store_opens_reads_and_takes_new_writes_in_its_layout(
+    durable_engine: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    eng, (a1, b1, a2) = _format3_store(tmp_path / "data", durable_engine)
+    eng.close()
+    (tmp_path / "tidekv.json").write_text(f'{{"engine": "{durable_engine}", "format": 1}}')
+    with tidekv.open(str(tmp_path), clock=clock) as s:
+        assert s.sm.format == 3
+        assert s.origin == "old-site" and s.revision == 3
+        assert s.get("a").value == b"a2" and s.get("b").value == b"b1"
+        assert s.get("a", version=a1.version).value == b"a1"
+        assert s.get("a", version=a2.version).value == b"a2"
+        assert [vi.version.id for vi in s.history("a")] == [a2.version, a1.version]
+        assert [(c.key, c.version) for c in s.changes()] == [
+            ("a", a1.version),
+            ("b", b1.version),
+            ("a", a2.version),
+        ]
+        assert s.verify() == {"keys": 2, "versions": 3, "revision": 3}
+        new = s.put("b", b"b2")
+        assert new.parents == (b1.version,)
+        # still the format-3 layout: a V record for the served version, D for b1's value
+        assert s.engine.get(version_key(new.version)) is not None
+        assert s.engine.get(value_key(b1.version)) == b"b1"
+        assert s.engine.get(FORMAT_KEY) == b"3"
+        assert s.get("b", version=b1.version).value == b"b1"
+        assert s.verify() == {"keys": 2, "versions": 4, "revision": 4}
+    with tidekv.open(str(tmp_path), clock=clock) as s:
+        assert s.sm.format == 3
+        assert s.get("b").value == b"b2"
+        assert [vi.version.id for vi in s.history("b")] == [new.version, b1.version]
+
+
+def _commands(t: int) -> list[WriteCommand]:
+    def cmd(key: str, value: bytes | None, ms: int, **kw: object) -> WriteCommand:
+        return WriteCommand(
+            key=key,
+            value=value,
+            content_type="application/octet-stream",
+            hlc=HLCTimestamp(t + ms, 0),
+            origin=str(kw.pop("origin", "site-a")),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    return [
+        cmd("a", b"1", 1),
+        cmd("a", b"2", 2),
+        cmd("b", b"1", 3),
+        cmd("a", b"3", 4, if_none_match=True),  # fails: a exists
+        cmd("b", None, 5, require_exists=True),
+        cmd("b", None, 6, require_exists=True),  # fails: nothing to delete
+        cmd("c", b"1", 7, if_none_match=True),
+    ]
+
+
+def test_every_format_applies_a_command_alike(tmp_path: Path) -> None:
+    """A Raft group may hold replicas of format 3 and 4 (a node that replays the log
+    into a new engine): the same commands give the same results, errors and state."""
+    old, _ = _format3_store(tmp_path / "x", "memory")
+    new = open_engine("memory", None)
+    new.put(b"Morigin", b"old-site", sync=True)
+    new.put(FORMAT_KEY, b"4", sync=True)
+    sms = [StateMachine(old), StateMachine(new)]
+    assert [sm.format for sm in sms] == [3, 4]
+    # bring the new one to the same state with the same commands as _format3_store
+    t = 1_763_800_000_000
+    for i, (key, value) in enumerate([("a", b"a1"), ("b", b"b1"), ("a", b"a2")]):
+        sms[1].apply(
+            WriteCommand(
+                key=key,
+                value=value,
+                content_type="application/octet-stream",
+                hlc=HLCTimestamp(t + i, 0),
+                origin="old-site",
+            )
+        )
+    cmds = _commands(t + 10)
+    a_head = sms[0].key_record("a")
+    b_head = sms[0].key_record("b")
+    assert a_head is not None and b_head is not None
+    base = a_head.version
+    for origin, ms in (("site-b", 50), ("site-c", 40)):  # siblings on a, then a bad parent
+        cmds.append(
+            WriteCommand(
+                key="a",
+                value=origin.encode(),
+                content_type="application/octet-stream",
+                hlc=HLCTimestamp(t + ms, 0),
+                origin=origin,
+                parents=(base,),
+            )
+        )
+    cmds.append(
+        WriteCommand(
+            key="a",
+            value=b"x",
+            content_type="application/octet-stream",
+            hlc=HLCTimestamp(t + 60, 0),
+            origin="site-b",
+            parents=(b_head.version,),  # a version of another key
+        )
+    )
+    for index, c in enumerate(cmds, start=1):
+        outcomes = [sm.apply_entry(c, index) for sm in sms]
+        assert outcomes[0] == outcomes[1] or (
+            type(outcomes[0]) is type(outcomes[1]) and str(outcomes[0]) == str(outcomes[1])
+        ), (c, outcomes)
+    assert list(sms[0].changes()) == list(sms[1].changes())
+    for key in ("a", "b", "c"):
+        recs = [sm.key_record(key) for sm in sms]
+        assert recs[0] is not None and recs[1] is not None
+        assert (recs[0].heads, recs[0].version, recs[0].value) == (
+            recs[1].heads,
+            recs[1].version,
+            recs[1].value,
+        )
+    assert verify(sms[0]) == verify(sms[1])
+    # format 4 wrote fewer records for the same state
+    assert sum(1 for _ in old.scan_prefix(V)) > sum(1 for _ in new.scan_prefix(V))
+
+
+def test_change_feed_readers_without_the_lock_find_every_version(
+    engine_name: str, tmp_path: Path
+) -> None:
+    """A reader that follows the change log finds each change's version and value while
+    writers move them from K to V (the version a change names may be served by K, in V,
+    or move between the two reads)."""
+    s = tidekv.open(str(tmp_path), engine_name, sync=False)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    seen = [0]
+
+    def reader() -> None:
+        since = 0
+        try:
+            while not stop.is_set() or since < s.revision:
+                for ch in s.sm.changes(since):
+                    got = s.sm.find(ch.key, ch.version)
+                    assert got is not None, ch
+                    assert got[0] == ch.revision and got[2] is not None, (ch, got)
+                    since = ch.revision
+                    seen[0] += 1
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1500):
+            s.put(f"k{i % 3}", str(i).encode())
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert seen[0] == 2 * 1500
+    assert s.verify()["versions"] == 1500
+    s.close()

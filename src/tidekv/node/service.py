@@ -242,14 +242,14 @@ class NodeService:
                     skipped = True
                     continue
                 skipped = False
-                yield self._event(rep, change.revision, change.version)
+                yield self._event(rep, change.revision, change.key, change.version)
             if skipped:
                 yield {"cursor": str(after)}
             await rep.wait_change(after)
 
-    def _event(self, rep: Replica, revision: int, version_id: str) -> dict[str, Any]:
+    def _event(self, rep: Replica, revision: int, key: str, version_id: str) -> dict[str, Any]:
         sm = rep.store.sm
-        v = sm.lookup(version_id)
+        v = sm.lookup(version_id, key)
         assert v is not None, f"change {revision} names a missing version"
         ev: dict[str, Any] = {
             "cursor": str(revision),

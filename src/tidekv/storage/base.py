@@ -106,6 +106,11 @@ class Keyspace:
     def get(self, key: bytes) -> bytes | None:
         return self.engine.get(self._prefix + key)
 
+    def getter(self) -> Callable[[bytes], bytes | None]:
+        """:meth:`get` as a plain callable, for a hot path that looks it up once
+        (engines may return a faster one with the same errors)."""
+        return self.get
+
     def multi_get(self, keys: Sequence[bytes]) -> list[bytes | None]:
         p = self._prefix
         return self.engine.multi_get([p + k for k in keys])
@@ -268,6 +273,12 @@ class Engine(ABC):
         """The names of every keyspace that exists, the default one first."""
         names = [k[len(_NAMES) :].decode() for k, _v in self.scan_prefix(_NAMES)]
         return [DEFAULT_KEYSPACE, *sorted(names)]
+
+    def batch_writer(self) -> Callable[[Sequence[KsOp], bool], None]:
+        """``writer(ops, sync)``: :meth:`write_batch_multi` as a plain callable, for a
+        hot path that looks it up once (engines may return a faster one)."""
+        write = self.write_batch_multi
+        return lambda ops, sync: write(ops, sync=sync)
 
     def write_batch_multi(self, ops: Iterable[KsOp], *, sync: bool = False) -> None:
         """Apply operations on several keyspaces atomically (all or nothing)."""
