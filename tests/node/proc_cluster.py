@@ -37,9 +37,12 @@ def free_base_port(n: int, rng_seed: int | None = None) -> int:
 
 
 class ProcCluster:
-    def __init__(self, root: Path, n: int, *, engine: str = "lsm", tick_ms: int = 50) -> None:
+    def __init__(
+        self, root: Path, n: int, *, engine: str = "lsm", tick_ms: int = 50, shards: int = 1
+    ) -> None:
         self.root = root
         self.n = n
+        self.shards = shards
         self.engine = engine
         self.tick_ms = tick_ms
         self.base = free_base_port(n + 2)
@@ -67,6 +70,8 @@ class ProcCluster:
         assert i not in self.procs or self.procs[i].poll() is not None
         log = open(self.root / f"n{i}.log", "ab")  # noqa: SIM115 - owned by the process
         extra = ["--tick-ms", str(self.tick_ms), "-v"] + (["--join"] if join else [])
+        if self.shards > 1:
+            extra += ["--shards", str(self.shards)]
         spec = peers or self.peers_spec()
         cmd = serve_command(i, str(self.data_dir(i)), self.address(i), spec, self.engine, *extra)
         self.procs[i] = subprocess.Popen(

@@ -25,21 +25,28 @@ import logging
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import msgspec
 
-from tidekv.errors import InvalidInput
+from tidekv.errors import InvalidInput, TideError
 from tidekv.node.config import Identity, NodeConfig, Peer, load_or_create_identity
 from tidekv.node.logstore import NodeLog
+from tidekv.node.meta import META_GROUP, MetaReplica, initial_state, state_op
 from tidekv.node.replica import Replica
 from tidekv.node.transport import PeerTransport
 from tidekv.raft import Config, Message, MessageType, ProposalDropped, Ready
-from tidekv.storage import open_engine
+from tidekv.sharding import metadata
+from tidekv.sharding.metadata import ClusterState
+from tidekv.sharding.replicas import node_of, replica_id
+from tidekv.sharding.ring import DEFAULT_REPLICATION
+from tidekv.storage import Op, open_engine
 
 log = logging.getLogger("tidekv.node")
 
 DATA_GROUP = 0
-"""The one data group of this stage (the sharding issue adds more)."""
+"""The one data group of an unsharded cluster (``--shards 1``); in a sharded cluster shard
+``s`` is group ``s`` and the metadata is group :data:`~tidekv.node.meta.META_GROUP`."""
 
 
 class Node:
@@ -59,6 +66,16 @@ class Node:
         self._rng = random.Random()
         self.stats = {"loops": 0, "fsyncs": 0, "readies": 0}
         self.me = cfg.me()
+        self.meta: MetaReplica | None = None
+        """This node's replica of the metadata group (sharded clusters, meta voters)."""
+        self.cluster: ClusterState | None = None
+        """The cluster metadata as this node knows it (sharded clusters): the metadata
+        group's state when this node hosts it, else the state at creation."""
+        self.members: dict[int, Peer] = {}
+        """A sharded cluster's address book (node id -> addresses)."""
+        self.leader_hint: dict[int, int] = {}
+        """shard -> the node last seen leading it (from local replicas)."""
+        self._bg: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -82,7 +99,10 @@ class Node:
             for p in cfg.peers.values():
                 if p.id != cfg.node_id:
                     self.transport.set_peer(p.id, p.raft_address)
-        self._open_group(DATA_GROUP, bootstrap=created)
+        if self.identity.sharded:
+            self._start_sharded()
+        else:
+            self._open_group(DATA_GROUP, bootstrap=created)
         self._driver = asyncio.get_running_loop().create_task(self._drive())
         self._schedule_tick()
 
@@ -91,24 +111,113 @@ class Node:
             return None
         return os.path.join(self.cfg.data_dir, "groups", str(group), "engine")
 
+    @property
+    def sharded(self) -> bool:
+        return self.identity.sharded
+
+    @property
+    def shard_count(self) -> int:
+        return self.identity.shards
+
+    def _start_sharded(self) -> None:
+        """Open the metadata group (if this node is a metadata voter) and the data groups
+        the shard map places here. The initial state is a pure function of node.json
+        (cluster id, shard count, members), identical on every node."""
+        ident = self.identity
+        self.members = {p.id: p for p in ident.members}
+        for p in ident.members:
+            if p.id != self.cfg.node_id:
+                self.transport.set_peer(p.id, p.raft_address)
+        state = initial_state(
+            ident.cluster_id,
+            ident.shards,
+            [(p.id, p.address) for p in ident.members],
+            DEFAULT_REPLICATION,
+        )
+        self.cluster = state
+        if self.cfg.node_id in state.meta_voters:
+            meta = self._open_group(META_GROUP, bootstrap=True)
+            assert isinstance(meta, MetaReplica)
+            self.meta = meta
+            if meta.state.shards:
+                self.cluster = meta.state
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Open a replica for every shard the metadata places on this node."""
+        st = self.cluster
+        if st is None or self._closing:
+            return
+        me = self.cfg.node_id
+        for shard, ss in st.shard_map.items():
+            if shard not in self.replicas and (me in ss.voters or me in ss.learners):
+                self._open_group(shard, bootstrap=True)
+        # closing replicas the metadata moved away needs the move executor (not built)
+
+    def _on_meta_state(self, state: ClusterState) -> None:
+        self.cluster = state
+        # called while the loop applies entries: open groups outside its iteration
+        asyncio.get_running_loop().call_soon(self._reconcile)
+
+    def peer_of_replica(self, rid: int) -> Peer | None:
+        return self.members.get(node_of(rid))
+
+    def _on_shard_leader(self, rep: Replica) -> None:
+        """This node now leads shard ``rep.group``: tell the metadata (LeaderSeen)."""
+        self.leader_hint[rep.group] = self.cfg.node_id
+        if self.meta is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._report_leader(rep, rep.raw.raft.term))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _report_leader(self, rep: Replica, term: int) -> None:
+        meta = self.meta
+        assert meta is not None
+        cmd = metadata.LeaderSeen(shard=rep.group, node=self.cfg.node_id, term=term)
+        for _ in range(40):  # at cluster start the metadata group elects at the same time
+            if self._closing or not rep.is_leader or rep.raw.raft.term != term:
+                return
+            try:
+                await meta.propose(cmd, self.cfg.request_timeout)
+                return
+            except TideError as exc:
+                log.debug("shard %d: LeaderSeen not recorded yet: %s", rep.group, exc)
+            await asyncio.sleep(0.25)
+
     def _open_group(self, group: int, *, bootstrap: bool) -> Replica:
         cfg = self.cfg
         storage = self.log.group(group)
         path = self._engine_path(group)
         if path is not None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        peers = cfg.initial_peers()
-        if bootstrap and peers and storage.last_index() == 0:
+        raft_id = cfg.node_id
+        voters: frozenset[int] | None = None
+        extra: list[Op] | None = None
+        if not self.sharded:
+            peers = cfg.initial_peers()
+        elif group == META_GROUP:
+            assert self.cluster is not None
+            peers = {n: self.members[n] for n in self.cluster.meta_voters}
+            extra = [state_op(self.cluster)]
+        else:
+            # a data group of a sharded cluster: Raft ids are replica ids (incarnation 0
+            # at creation), the address book is the cluster's
+            assert self.cluster is not None
+            raft_id = replica_id(cfg.node_id)
+            peers = {}
+            voters = frozenset(replica_id(n) for n in self.cluster.shard_map[group].voters)
+        if bootstrap and (peers or voters) and storage.last_index() == 0:
             eng = open_engine(self.identity.engine, path)
             try:
-                Replica.bootstrap(storage, eng, peers)
+                Replica.bootstrap(storage, eng, peers, voters=voters, extra=extra)
             finally:
                 eng.close()
             self.log.sync()
 
         def raft_config(applied: int) -> Config:
             return Config(
-                id=cfg.node_id,
+                id=raft_id,
                 rng=random.Random(self._rng.getrandbits(64)),
                 election_tick=cfg.election_tick,
                 heartbeat_tick=cfg.heartbeat_tick,
@@ -118,7 +227,7 @@ class Node:
                 max_inflight_msgs=256,
             )
 
-        rep = Replica(
+        kw: dict[str, Any] = dict(
             group=group,
             node_id=cfg.node_id,
             storage=storage,
@@ -127,14 +236,23 @@ class Node:
             origin=self.identity.cluster_id,
             raft_config=raft_config,
             wake=self.wake,
-            on_peers_changed=self._on_peers_changed,
+            on_peers_changed=self._on_peers_changed if not self.sharded else _ignore_peers,
             max_key_bytes=cfg.max_key_bytes,
             max_value_bytes=cfg.max_value_bytes,
             compact_every=cfg.compact_every,
         )
+        rep: Replica
+        if not self.sharded:
+            rep = Replica(**kw)
+        elif group == META_GROUP:
+            rep = MetaReplica(on_state=self._on_meta_state, **kw)
+        else:
+            rep = Replica(peer_of=self.peer_of_replica, on_leader=self._on_shard_leader, **kw)
+            rep.node_of = node_of
         self.replicas[group] = rep
-        self._on_peers_changed(rep.peers)
-        if len(rep.raw.raft.voters) == 1 and cfg.node_id in rep.raw.raft.voters:
+        if not self.sharded:
+            self._on_peers_changed(rep.peers)
+        if len(rep.raw.raft.voters) == 1 and raft_id in rep.raw.raft.voters:
             rep.raw.campaign()  # a single-node cluster need not wait an election timeout
         return rep
 
@@ -142,6 +260,8 @@ class Node:
         if self._closing:
             return
         self._closing = True
+        for task in list(self._bg):
+            task.cancel()
         if self._ticker is not None:
             self._ticker.cancel()
         self.wake()
@@ -198,13 +318,16 @@ class Node:
 
     def _on_unreachable(self, peer: int) -> None:
         for rep in self.replicas.values():
-            rep.raw.report_unreachable(peer)
+            rid = _raft_id(rep, peer)
+            if rid is not None:
+                rep.raw.report_unreachable(rid)
         self.wake()
 
     def _on_snapshot_status(self, group: int, to: int, ok: bool) -> None:
         rep = self.replicas.get(group)
-        if rep is not None:
-            rep.raw.report_snapshot(to, ok)
+        rid = None if rep is None else _raft_id(rep, to)
+        if rep is not None and rid is not None:
+            rep.raw.report_snapshot(rid, ok)
             self.wake()
 
     def _on_peers_changed(self, peers: dict[int, Peer]) -> None:
@@ -242,7 +365,7 @@ class Node:
                 durable: list[int] = []
                 for rep, rd in readies:
                     if rd.messages:
-                        self.transport.send(rep.group, rd.messages)
+                        self.transport.send(rep.group, rd.messages, rep.node_of)
                     durable.append(rep.storage.last_index())  # every earlier write is synced
                     if rep.persist(rd):
                         must_sync = True
@@ -260,7 +383,7 @@ class Node:
                     await synced
                 for rep, rd in readies:
                     if rd.persisted_messages:
-                        self.transport.send(rep.group, rd.persisted_messages)
+                        self.transport.send(rep.group, rd.persisted_messages, rep.node_of)
                     try:
                         rep.after_persist(rd)
                     except Exception:
@@ -274,3 +397,21 @@ class Node:
             return self.replicas[group]
         except KeyError:
             raise InvalidInput(f"no shard {group} on this node") from None
+
+
+def _ignore_peers(peers: dict[int, Peer]) -> None:
+    """A sharded cluster's transport follows the cluster's address book, not a group's."""
+
+
+def _raft_id(rep: Replica, node: int) -> int | None:
+    """The Raft id of ``node``'s replica in ``rep``'s group (None: it has none). The
+    transport reports by node; a sharded data group's Raft ids are replica ids."""
+    if rep.node_of is None:
+        return node
+    prs = rep.raw.raft.prs
+    if node in prs:  # already a replica id (a message to an unknown peer)
+        return node
+    for rid in prs:  # the leader's progress: the only place these reports matter
+        if rep.node_of(rid) == node:
+            return rid
+    return None
