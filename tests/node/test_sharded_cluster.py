@@ -9,6 +9,9 @@ per-shard listings and watches, a restart of every node, and a SIGKILL of one.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +123,23 @@ def test_writes_to_every_shard_through_any_node_read_back_linearizably(
     assert info["meta"]["voters"] == [1, 2, 3]  # type: ignore[index]
     assert info["moves"] == []
 
+    # `tide status` prints the shard map; adding a node is refused (placement is static)
+    out = tide("status", "--url", c.url(3))
+    assert out.returncode == 0, out.stderr
+    assert "shard_count: 8" in out.stdout and "leader_address" in out.stdout
+    r = c.http.post(c.url(1) + "/v1/cluster/nodes", json={"id": 9, "address": "127.0.0.1:9"})
+    assert r.status_code == 409 and "sharded" in r.json()["error"]["message"]
+
+
+def tide(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tidekv", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
 
 def test_a_hash_tagged_pair_lands_on_one_shard(sharded: ProcCluster) -> None:
     c = sharded
@@ -128,6 +148,12 @@ def test_a_hash_tagged_pair_lands_on_one_shard(sharded: ProcCluster) -> None:
     assert a["shard"] == b["shard"] == shard_of("user42", SHARDS)
     # a prefix inside the tag is listed (and watched) from that one shard, in order
     assert list_all(c, 3, "{user42}:", 1) == ["{user42}:contacts:7", "{user42}:profile"]
+    with c.http.stream(
+        "GET", c.url(1) + "/v1/watch", params={"prefix": "{user42}:", "since": "0"}, timeout=30
+    ) as resp:
+        assert resp.status_code == 200
+        events = sse_events(resp, 2)
+    assert [d["key"] for _, d in events] == ["{user42}:contacts:7", "{user42}:profile"]
 
 
 def test_listing_across_shards_is_in_key_order_with_paging(sharded: ProcCluster) -> None:
@@ -209,3 +235,22 @@ def test_sigkill_of_one_node_leaves_every_shard_serving(sharded: ProcCluster) ->
     assert info is not None
     reach = {n["id"]: n["reachable"] for n in info["nodes"]}
     assert reach == {1: True, 2: True, 3: False}
+
+
+def test_a_single_node_sharded_cluster_serves_every_shard(tmp_path: Path) -> None:
+    c = ProcCluster(tmp_path, 1, shards=4)
+    c.start_all()
+    try:
+        c.wait_ready(1)
+        keys = [f"solo{n}" for n in range(20)]
+        for k in keys:
+            r = c.put(1, k, b"s")
+            assert r.status_code == 200 and r.json()["shard"] == shard_of(k, 4), r.text
+        assert {shard_of(k, 4) for k in keys} == set(range(4))
+        assert list_all(c, 1, "solo", 3) == sorted(keys)
+        info = c.cluster(1)
+        assert info is not None and info["shard_count"] == 4
+        assert [s["replicas"] for s in info["shards"]] == [[1]] * 4
+        assert {s["leader"] for s in info["shards"]} == {1}
+    finally:
+        c.close()
