@@ -254,3 +254,34 @@ def test_a_single_node_sharded_cluster_serves_every_shard(tmp_path: Path) -> Non
         assert {s["leader"] for s in info["shards"]} == {1}
     finally:
         c.close()
+
+
+def test_four_nodes_route_to_the_nodes_holding_each_shard(tmp_path: Path) -> None:
+    """With 4 nodes and 3 replicas a node lacks some shards: it forwards their requests
+    to a node that has one, and fetches their pages for a listing across shards."""
+    c = ProcCluster(tmp_path, 4, shards=SHARDS)
+    c.start_all()
+    try:
+        for i in (1, 2, 3, 4):
+            c.wait_ready(i)
+        info = wait_all_led(c, 1, [1, 2, 3, 4])
+        placed = {s["id"]: s["replicas"] for s in info["shards"]}  # type: ignore[attr-defined]
+        assert all(len(r) == 3 for r in placed.values())
+        lacking = {i: [s for s, r in placed.items() if i not in r] for i in (1, 2, 3, 4)}
+        assert all(lacking.values()), lacking  # every node lacks a shard: routing is needed
+        for s in info["shards"]:  # type: ignore[attr-defined]
+            assert s["local"] == (1 in s["replicas"])
+        keys = keys_over_every_shard()
+        for n, k in enumerate(keys):
+            r = c.put(1 + n % 4, k, k.encode())
+            assert r.status_code == 200 and r.json()["shard"] == shard_of(k, SHARDS), r.text
+        for n, k in enumerate(keys):
+            r = c.get(1 + (n + 1) % 4, k)
+            assert r.status_code == 200 and r.content == k.encode(), (k, r.text)
+        for i in (1, 2, 3, 4):
+            assert list_all(c, i, "k", 4) == keys
+            s = lacking[i][0]
+            mine = [k for k in keys if shard_of(k, SHARDS) == s]
+            assert list_all(c, i, "k", 2, shard=str(s)) == mine  # forwarded
+    finally:
+        c.close()

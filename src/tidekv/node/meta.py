@@ -48,6 +48,10 @@ _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(MetaEntry)
 
 
+def encode_meta_entry(rid: bytes, cmd: metadata.Command) -> bytes:
+    return _enc.encode(MetaEntry(rid, metadata.encode_command(cmd)))
+
+
 def initial_state(
     cluster_id: str, shards: int, members: list[tuple[int, str]], replication: int
 ) -> ClusterState:
@@ -97,7 +101,7 @@ class MetaReplica(Replica):
         rid = self._rid_prefix + next(self._rids).to_bytes(8, "big")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
-        self._proposals.append(_enc.encode(MetaEntry(rid, metadata.encode_command(cmd))))
+        self._proposals.append(encode_meta_entry(rid, cmd))
         self._wake()
         try:
             outcome = await _wait(fut, timeout)

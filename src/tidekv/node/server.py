@@ -32,10 +32,16 @@ import msgspec
 from tidekv.errors import InvalidInput, TideError
 from tidekv.node.config import Identity, NodeConfig, Peer, load_or_create_identity
 from tidekv.node.logstore import NodeLog
-from tidekv.node.meta import META_GROUP, MetaReplica, initial_state, state_op
+from tidekv.node.meta import (
+    META_GROUP,
+    MetaReplica,
+    encode_meta_entry,
+    initial_state,
+    state_op,
+)
 from tidekv.node.replica import Replica
 from tidekv.node.transport import PeerTransport
-from tidekv.raft import Config, Message, MessageType, ProposalDropped, Ready
+from tidekv.raft import Config, Entry, EntryKind, Message, MessageType, ProposalDropped, Ready
 from tidekv.sharding import metadata
 from tidekv.sharding.metadata import ClusterState
 from tidekv.sharding.replicas import node_of, replica_id
@@ -165,16 +171,40 @@ class Node:
     def _on_shard_leader(self, rep: Replica) -> None:
         """This node now leads shard ``rep.group``: tell the metadata (LeaderSeen)."""
         self.leader_hint[rep.group] = self.cfg.node_id
-        if self.meta is None:
-            return
         task = asyncio.get_running_loop().create_task(self._report_leader(rep, rep.raw.raft.term))
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 
+    def _tell_meta_voters(self, cmd: metadata.Command) -> None:
+        """From a node outside the metadata group: send ``cmd`` as a Raft proposal
+        (``MsgProp``) to every metadata voter; a follower forwards it to its leader, the
+        leader appends it. Best effort, no answer (for reports such as LeaderSeen, which
+        may apply more than once)."""
+        assert self.cluster is not None
+        data = encode_meta_entry(os.urandom(16), cmd)
+        msgs = [
+            Message(
+                MessageType.PROPOSE,
+                to=v,
+                frm=self.cfg.node_id,
+                entries=[Entry(term=0, index=0, kind=EntryKind.NORMAL, data=data)],
+            )
+            for v in self.cluster.meta_voters
+            if v != self.cfg.node_id
+        ]
+        self.transport.send(META_GROUP, msgs)
+
     async def _report_leader(self, rep: Replica, term: int) -> None:
         meta = self.meta
-        assert meta is not None
         cmd = metadata.LeaderSeen(shard=rep.group, node=self.cfg.node_id, term=term)
+        if meta is None:
+            # no answer comes back: send a few times (the metadata group may be electing)
+            for delay in (0.0, 1.0, 2.0, 4.0, 8.0):
+                await asyncio.sleep(delay)
+                if self._closing or not rep.is_leader or rep.raw.raft.term != term:
+                    return
+                self._tell_meta_voters(cmd)
+            return
         for _ in range(40):  # at cluster start the metadata group elects at the same time
             if self._closing or not rep.is_leader or rep.raw.raft.term != term:
                 return

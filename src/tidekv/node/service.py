@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import msgspec
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -48,7 +49,13 @@ from tidekv.sharding.keys import hash_tag, shard_of
 from tidekv.sharding.replicas import node_of
 from tidekv.statemachine import WriteResult
 from tidekv.store import AsOf, Item, VersionInfo
-from tidekv.versioning import BYTES_CONTENT_TYPE, Diff, check_version_id, is_json_type
+from tidekv.versioning import (
+    BYTES_CONTENT_TYPE,
+    Diff,
+    HLCTimestamp,
+    check_version_id,
+    is_json_type,
+)
 
 
 class NodeService:
@@ -251,19 +258,67 @@ class NodeService:
             rep = await self._barrier(consistency, self._rep_for(self._check_shard(shard)))
             return list(rep.store.scan(prefix, start=start, end=end, limit=limit))
         reps: list[Replica] = []
+        remote: list[asyncio.Task[list[Item]]] = []
         for s in range(node.shard_count):
             local = node.replicas.get(s)
-            if local is None:
-                raise Unavailable(
-                    f"node {node.cfg.node_id} has no replica of shard {s}: a listing across "
-                    "shards needs one of every shard here (list with shard=N per shard)",
-                    shard=s,
+            if local is not None:
+                reps.append(local)
+            else:  # from a node that has it, concurrently with the local barriers
+                remote.append(
+                    asyncio.ensure_future(
+                        self._remote_scan(s, prefix, start, end, limit, consistency)
+                    )
                 )
-            reps.append(local)
-        await asyncio.gather(*(self._barrier(consistency, r) for r in reps))
+        try:
+            await asyncio.gather(*(self._barrier(consistency, r) for r in reps))
+        except BaseException:
+            for t in remote:
+                t.cancel()
+            raise
         pages = [list(r.store.scan(prefix, start=start, end=end, limit=limit)) for r in reps]
+        pages.extend(await asyncio.gather(*remote))
         merged = heapq.merge(*pages, key=lambda item: item.key)
         return list(merged if limit is None else itertools.islice(merged, limit))
+
+    async def _remote_scan(
+        self,
+        shard: int,
+        prefix: str | None,
+        start: str | None,
+        end: str | None,
+        limit: int | None,
+        consistency: str,
+    ) -> list[Item]:
+        """Up to ``limit`` keys of a shard this node has no replica of, read over HTTP
+        from a node that has one (page by page). JSON values come back byte for byte
+        (the listing embeds them raw)."""
+        url = self._not_here(shard).details.get("leader_url")
+        if not isinstance(url, str):
+            raise Unavailable(f"no node is known to hold shard {shard}", shard=shard)
+        params: dict[str, str] = {"shard": str(shard), "consistency": consistency}
+        if prefix:
+            params["prefix"] = prefix
+        if start is not None:
+            params["start"] = start
+        if end is not None:
+            params["end"] = end
+        items: list[Item] = []
+        async with httpx.AsyncClient(timeout=self.timeout * 2) as http:
+            while limit is None or len(items) < limit:
+                want = _REMOTE_PAGE if limit is None else min(_REMOTE_PAGE, limit - len(items))
+                r = await http.get(url + "/v1/kv", params={**params, "limit": str(want)})
+                if r.status_code != 200:
+                    raise Unavailable(
+                        f"shard {shard} from {url}: HTTP {r.status_code}",
+                        shard=shard,
+                    )
+                page = _page_dec.decode(r.content)
+                items.extend(i.item() for i in page.items)
+                if page.next is None:
+                    break
+                params.pop("start", None)
+                params["cursor"] = page.next
+        return items
 
     async def history(
         self,
@@ -615,6 +670,43 @@ class NodeService:
 
     def metrics_text(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
+
+
+_REMOTE_PAGE = 1000
+
+
+class _RemoteItem(msgspec.Struct):
+    key: str
+    version: str
+    revision: int
+    hlc: str
+    content_type: str
+    value: msgspec.Raw | None = None
+    value_b64: str | None = None
+    siblings: int = 1
+
+    def item(self) -> Item:
+        if self.value is not None:
+            data = bytes(self.value)
+        else:
+            data = base64.b64decode(self.value_b64 or "")
+        return Item(
+            key=self.key,
+            value=data,
+            content_type=self.content_type,
+            version=self.version,
+            revision=self.revision,
+            hlc=HLCTimestamp.parse(self.hlc),
+            siblings=self.siblings,
+        )
+
+
+class _RemotePage(msgspec.Struct):
+    items: list[_RemoteItem]
+    next: str | None = None
+
+
+_page_dec = msgspec.json.Decoder(_RemotePage)
 
 
 class _NodeCollector(Collector):
