@@ -252,6 +252,20 @@ def test_a_single_node_sharded_cluster_serves_every_shard(tmp_path: Path) -> Non
         assert info is not None and info["shard_count"] == 4
         assert [s["replicas"] for s in info["shards"]] == [[1]] * 4
         assert {s["leader"] for s in info["shards"]} == {1}
+        c.stop(1)
+        # the shard count is fixed at creation: another one is refused, none keeps it
+        r = tide("serve", "--data-dir", str(c.data_dir(1)), "-a", c.address(1), "--shards", "2")
+        assert r.returncode == 2 and "fixed when a cluster is created" in r.stderr, r.stderr
+        c.procs[1] = subprocess.Popen(
+            [sys.executable, "-m", "tidekv", "serve", "-d", str(c.data_dir(1)), "-a", c.address(1)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        c.wait_ready(1)
+        assert list_all(c, 1, "solo", 50) == sorted(keys)
+        info = c.cluster(1)
+        assert info is not None and info["shard_count"] == 4
     finally:
         c.close()
 
