@@ -328,7 +328,7 @@ class Node:
             rep = self.replicas.get(group)
             if rep is None:
                 continue
-            if frm in rep.removed or m.frm in rep.removed:
+            if m.frm in rep.removed or (rep.node_of is None and frm in rep.removed):
                 # a removed member (still running, or restarted on its old data) must not
                 # disturb the group: no votes for it, no acks counted from it
                 rep.stats["from_removed"] += 1
