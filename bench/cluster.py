@@ -46,6 +46,7 @@ are scaled by the leader's CPU measured in /proc; C time is charged to its Pytho
     .venv/bin/python bench/cluster.py --rounds 3 --json bench/out/cluster.json --profile
     .venv/bin/python bench/cluster.py --only tidekv --clients 64 --duration 10
     .venv/bin/python bench/cluster.py --only etcd --etcd /usr/bin/etcd
+    .venv/bin/python bench/cluster.py --only tidekv --shards 8   # a sharded tidekv
     .venv/bin/python bench/cluster.py --only tidekv --ops put --clients 64 --target follower \
         --profile --profile-node target        # what a write through a follower costs it
 
@@ -275,9 +276,10 @@ class Cluster:
 class TideCluster(Cluster):
     name = "tidekv"
 
-    def __init__(self, root: Path, engine: str) -> None:
+    def __init__(self, root: Path, engine: str, shards: int = 1) -> None:
         super().__init__(root)
         self.engine = engine
+        self.shards = shards
 
     def start(self) -> None:
         ports = free_ports(6)
@@ -292,6 +294,7 @@ class TideCluster(Cluster):
                 "--raft-address", f"{HOST}:{raft[i]}",
                 "--peers", peers,
                 "--engine", self.engine,
+                *(["--shards", str(self.shards)] if self.shards > 1 else []),
             ]  # fmt: skip
             self.procs.append(spawn(cmd, self.root / f"n{i + 1}.log"))
 
@@ -1179,6 +1182,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-ceiling", action="store_true", help="skip the load generator ceiling")
     ap.add_argument("--etcd", default="etcd", help="the etcd binary")
     ap.add_argument("--engine", default="lsm", help="tidekv engine")
+    ap.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="tidekv shards (the load goes to shard 0's leader; the other shards' "
+        "writes are forwarded to their leaders through Raft)",
+    )
     ap.add_argument("--data-root", default=None, help="where the temporary data dirs go")
     ap.add_argument("--serve-trivial", type=int, help=argparse.SUPPRESS)
     return ap.parse_args()
@@ -1243,7 +1253,7 @@ def main() -> int:
             )
         for name in systems:
             if name == "tidekv":
-                clusters[name] = TideCluster(root / "tidekv", args.engine)
+                clusters[name] = TideCluster(root / "tidekv", args.engine, args.shards)
             else:
                 assert etcd_bin is not None
                 clusters[name] = EtcdCluster(root / "etcd", etcd_bin)

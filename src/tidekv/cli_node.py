@@ -29,6 +29,7 @@ from tidekv.chaos.cli import chaos as chaos_command
 from tidekv.cli import app, err, out
 from tidekv.errors import InvalidInput, TideError
 from tidekv.node.config import DEFAULT_HTTP, NodeConfig, parse_peers, split_address
+from tidekv.sharding.keys import MAX_SHARDS
 from tidekv.store import MARKER_FILE
 
 log = logging.getLogger("tidekv.node")
@@ -124,6 +125,15 @@ def serve(
     engine: Annotated[str, typer.Option("--engine", "-e", help="lsm, btree or hash.")] = "lsm",
     cluster_id: Annotated[str | None, typer.Option("--cluster-id")] = None,
     tick_ms: Annotated[int, typer.Option("--tick-ms", help="Raft tick in ms.")] = 50,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            "--shards",
+            help="Shards of a new cluster (fixed at creation; the same on every node). "
+            "1 (the default): one data group. More: keys spread over that many Raft "
+            "groups, placed on the nodes by a consistent-hash ring (3 replicas each).",
+        ),
+    ] = None,
     ready_file: Annotated[str | None, typer.Option("--ready-file", hidden=True)] = None,
     compact_every: Annotated[
         int, typer.Option("--compact-every", hidden=True, help="Raft log compaction period.")
@@ -141,6 +151,8 @@ def serve(
             raise InvalidInput("--tick-ms must be positive")
         if compact_every <= 0:
             raise InvalidInput("--compact-every must be positive")
+        if shards is not None and not 1 <= shards <= MAX_SHARDS:
+            raise InvalidInput(f"--shards must be between 1 and {MAX_SHARDS}")
         cfg = NodeConfig(
             node_id=node_id,
             data_dir=data_dir,
@@ -152,6 +164,7 @@ def serve(
             cluster_id=cluster_id,
             tick_ms=tick_ms,
             compact_every=compact_every,
+            shards=shards,
         )
         cfg.me()
         cfg.initial_peers()
@@ -224,10 +237,16 @@ def dev_cluster(
     data_dir: Annotated[str, typer.Option("--data-dir", "-d")] = "./tide-cluster",
     base_port: Annotated[int, typer.Option("--base-port", help="HTTP port of node 1.")] = 7070,
     engine: Annotated[str, typer.Option("--engine", "-e")] = "lsm",
+    shards: Annotated[
+        int, typer.Option("--shards", help="Shards of a new cluster (1: one data group).")
+    ] = 1,
 ) -> None:
     """Run N local nodes on loopback until Ctrl-C (data survives a second start)."""
     if not 1 <= nodes <= 9:
         err.print("error: --nodes must be between 1 and 9", markup=False)
+        raise typer.Exit(2)
+    if not 1 <= shards <= MAX_SHARDS:
+        err.print(f"error: --shards must be between 1 and {MAX_SHARDS}", markup=False)
         raise typer.Exit(2)
     addrs = {i: f"127.0.0.1:{base_port + i - 1}" for i in range(1, nodes + 1)}
     peers = ",".join(f"{i}={a}" for i, a in addrs.items())
@@ -240,7 +259,8 @@ def dev_cluster(
     rc = 0
     try:
         for i, a in addrs.items():
-            cmd = serve_command(i, os.path.join(data_dir, f"n{i}"), a, peers, engine)
+            extra = ["--shards", str(shards)] if shards > 1 else []
+            cmd = serve_command(i, os.path.join(data_dir, f"n{i}"), a, peers, engine, *extra)
             procs.append(
                 subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
             )

@@ -64,6 +64,7 @@ from tidekv.forward import Forwarder
 from tidekv.httpserver import HTTPServer
 from tidekv.node.config import MAX_NODE_ID, is_node_id
 from tidekv.service import CONSISTENCY_LEVELS, Consistency, KVService
+from tidekv.sharding.keys import MAX_SHARDS
 from tidekv.statemachine import WriteResult
 from tidekv.versioning import check_version_id
 from tidekv.wire import item_dict, write_dict
@@ -76,6 +77,7 @@ DEFAULT_MAX_BODY = 1 << 20
 DEFAULT_LIST_LIMIT = 1000
 DEFAULT_HISTORY_LIMIT = 1000
 MAX_PAGE = 10_000
+MAX_SHARD = MAX_SHARDS - 1
 HEARTBEAT_SECONDS = 15.0
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -180,7 +182,7 @@ class App:
                 "/v1/kv",
                 "kv_list",
                 {"GET": self.list_keys},
-                {"GET": ("prefix", "start", "end", "limit", "cursor", *_READ_QUERY)},
+                {"GET": ("prefix", "start", "end", "limit", "cursor", "shard", *_READ_QUERY)},
             ),
             R(
                 "/v1/kv/{key}",
@@ -201,7 +203,7 @@ class App:
                 {"GET": self.diff},
                 {"GET": ("from", "to", *_READ_QUERY)},
             ),
-            R("/v1/watch", "watch", {"GET": self.watch}, {"GET": ("prefix", "since")}),
+            R("/v1/watch", "watch", {"GET": self.watch}, {"GET": ("prefix", "since", "shard")}),
             R("/v1/cluster", "cluster", {"GET": self.cluster}),
             R("/v1/cluster/nodes", "cluster_nodes", {"POST": self.add_node}),
             R("/v1/cluster/nodes/{id}", "cluster_node", {"DELETE": self.remove_node}),
@@ -423,6 +425,7 @@ class App:
             end=q.get("end"),
             limit=limit + 1,
             consistency=self._consistency(req),
+            **_shard_arg(q.get("shard")),
         )
         nxt = _encode_cursor(items[limit].key) if len(items) > limit else None
         return json_response(
@@ -475,7 +478,11 @@ class App:
         await req.body(self.max_body)  # consume it: what follows on receive() is the hang-up
         last_event_id = req.header(b"last-event-id")
         since = last_event_id if last_event_id is not None else req.query.get("since")
-        events = self.service.watch(prefix=req.query.get("prefix") or None, since=since)
+        events = self.service.watch(
+            prefix=req.query.get("prefix") or None,
+            since=since,
+            **_shard_arg(req.query.get("shard")),
+        )
         first: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(anext(events))
         await asyncio.sleep(0)  # a generator that refuses its cursor at once answers 4xx
         if first.done() and isinstance(first.exception(), TideError):
@@ -526,6 +533,16 @@ class App:
 
             self._openapi = msgspec.json.encode(openapi_document())
         return Response(200, self._openapi, [(b"content-type", b"application/json")])
+
+
+def _shard_arg(text: str | None) -> dict[str, int]:
+    """``shard=N`` of a listing or a watch, as a keyword for the service (only when given:
+    a service without shards need not take it)."""
+    if text is None:
+        return {}
+    shard = parse_count(text, "shard", default=None, maximum=MAX_SHARD)
+    assert shard is not None
+    return {"shard": shard}
 
 
 def _shard_zero(key: str) -> int:

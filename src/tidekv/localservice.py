@@ -248,7 +248,9 @@ class LocalService:
         end: str | None = None,
         limit: int | None = None,
         consistency: Consistency = "linearizable",
+        shard: int | None = None,
     ) -> list[Item]:
+        _only_shard_zero(shard)
         return list(self.store.scan(prefix, start=start, end=end, limit=limit))
 
     async def history(
@@ -274,10 +276,11 @@ class LocalService:
     # -- the change feed --------------------------------------------------------
 
     def watch(
-        self, *, prefix: str | None = None, since: str | None = None
+        self, *, prefix: str | None = None, since: str | None = None, shard: int | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """Changes after ``since``; a malformed cursor, or one ahead of the store (it
         belongs to another store), raises :class:`InvalidInput` here, before iterating."""
+        _only_shard_zero(shard)
         after = parse_cursor(since)
         head = self.store.revision
         if after is not None and after > head:
@@ -425,3 +428,8 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily(
             "tidekv_watch_streams", "Watch streams waiting for a change", value=svc.watching
         )
+
+
+def _only_shard_zero(shard: int | None) -> None:
+    if shard not in (None, 0):
+        raise InvalidInput("this store has one shard, 0", shard=shard)

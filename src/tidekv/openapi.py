@@ -161,6 +161,16 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["cluster_id", "nodes", "shards"],
         "properties": {
             "cluster_id": {"type": "string"},
+            "shard_count": {"type": "integer", "minimum": 1},
+            "meta": {
+                "type": "object",
+                "description": "A sharded cluster's metadata group: voters, leader, revision.",
+            },
+            "moves": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "Shard moves in progress (a sharded cluster).",
+            },
             "nodes": {
                 "type": "array",
                 "items": {
@@ -181,14 +191,19 @@ _SCHEMAS: dict[str, Any] = {
                     "properties": {
                         "id": {"type": "integer"},
                         "leader": {"type": ["integer", "null"]},
-                        "term": {"type": "integer"},
+                        "leader_address": {"type": ["string", "null"]},
+                        "term": {
+                            "type": ["integer", "null"],
+                            "description": "null: a shard with no replica on this node, "
+                            "whose leader the metadata has not seen yet.",
+                        },
                         "replicas": {"type": "array", "items": {"type": "integer"}},
                         "removed": {
                             "type": "array",
                             "items": {"type": "integer"},
                             "description": "Node ids removed from the shard: never re-added.",
                         },
-                        "commit_index": {"type": "integer"},
+                        "commit_index": {"type": ["integer", "null"]},
                     },
                 },
             },
@@ -228,6 +243,13 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None) ->
         "schema": schema or {"type": "string"},
     }
 
+
+_SHARD_Q = _query(
+    "shard",
+    "Only this shard's keys. Without it a sharded cluster merges every shard's keys in "
+    "order (a prefix inside one hash tag reads its one shard).",
+    {"type": "integer", "minimum": 0, "maximum": 4095},
+)
 
 _KEY = {
     "name": "key",
@@ -287,6 +309,7 @@ def _paths() -> dict[str, Any]:
                     _query("end", "End key (exclusive)."),
                     _LIMIT,
                     _query("cursor", "The next value of the previous page."),
+                    _SHARD_Q,
                     _CONSISTENCY,
                 ],
                 "responses": {"200": _json(_ref("Listing"), "A page of keys."), **_errors()},
@@ -404,6 +427,12 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     _query("prefix", "Only keys starting with this."),
                     _query("since", "Resume after this cursor."),
+                    _query(
+                        "shard",
+                        "Only this shard's changes (the cursor is its revision). Needed on "
+                        "a sharded cluster, unless the prefix lies inside one hash tag.",
+                        {"type": "integer", "minimum": 0, "maximum": 4095},
+                    ),
                     {
                         "name": "Last-Event-ID",
                         "in": "header",

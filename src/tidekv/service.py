@@ -81,7 +81,10 @@ class KVService(Protocol):
         end: str | None = None,
         limit: int | None = None,
         consistency: Consistency = "linearizable",
-    ) -> list[Item]: ...
+        shard: int | None = None,
+    ) -> list[Item]:
+        """Keys in order; ``shard``: only that shard's (one-shard services: only 0)."""
+        ...
 
     async def history(
         self,
@@ -102,7 +105,7 @@ class KVService(Protocol):
     ) -> Diff: ...
 
     def watch(
-        self, *, prefix: str | None = None, since: str | None = None
+        self, *, prefix: str | None = None, since: str | None = None, shard: int | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """Changes after the cursor ``since`` (None: from now on), forever, in order.
 

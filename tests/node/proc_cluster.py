@@ -45,12 +45,14 @@ class ProcCluster:
         engine: str = "lsm",
         tick_ms: int = 50,
         extra_args: tuple[str, ...] = (),
+        shards: int = 1,
     ) -> None:
         self.root = root
         self.extra_args = list(extra_args)
         self.env: dict[int, dict[str, str]] = {}
         """Extra environment variables of node i's next start."""
         self.n = n
+        self.shards = shards
         self.engine = engine
         self.tick_ms = tick_ms
         self.base = free_base_port(n + 2)
@@ -79,6 +81,8 @@ class ProcCluster:
         log = open(self.root / f"n{i}.log", "ab")  # noqa: SIM115 - owned by the process
         extra = ["--tick-ms", str(self.tick_ms), "-v", *self.extra_args]
         extra += ["--join"] if join else []
+        if self.shards > 1:
+            extra += ["--shards", str(self.shards)]
         spec = peers or self.peers_spec()
         cmd = serve_command(i, str(self.data_dir(i)), self.address(i), spec, self.engine, *extra)
         self.procs[i] = subprocess.Popen(

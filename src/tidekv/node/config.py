@@ -12,6 +12,7 @@ identity or engine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -114,6 +115,11 @@ class NodeConfig:
     """Compact the Raft log when this many entries were applied since the last time."""
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
+    shards: int | None = None
+    """The shard count, fixed when the cluster is created (None: as recorded in
+    ``node.json``, else 1). 1 is the unsharded cluster: one data group whose Raft ids are
+    the node ids. More: a metadata group plus one data group per shard
+    (docs/sharding.md)."""
 
     def me(self) -> Peer:
         return Peer.make(self.node_id, self.address, self.raft_address)
@@ -133,6 +139,21 @@ class Identity:
     node_id: int
     cluster_id: str
     engine: str
+    shards: int = 1
+    members: tuple[Peer, ...] = ()
+    """The members at creation of a sharded cluster (the static placement is a pure
+    function of them and ``shards``)."""
+
+    @property
+    def sharded(self) -> bool:
+        return self.shards > 1
+
+
+def _derived_cluster_id(shards: int, members: tuple[Peer, ...]) -> str:
+    """Every node of a new sharded cluster computes the same initial metadata, cluster id
+    included: without ``--cluster-id`` it is a hash of the shard count and the members."""
+    spec = ";".join(f"{p.id}={p.address}/{p.raft_address}" for p in members)
+    return hashlib.blake2b(f"{shards}|{spec}".encode(), digest_size=8).hexdigest()
 
 
 def load_or_create_identity(cfg: NodeConfig) -> tuple[Identity, bool]:
@@ -142,7 +163,14 @@ def load_or_create_identity(cfg: NodeConfig) -> tuple[Identity, bool]:
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
-        ident = Identity(int(raw["node_id"]), str(raw["cluster_id"]), str(raw["engine"]))
+        members = tuple(Peer(int(i), str(a), str(r)) for i, a, r in raw.get("members", ()))
+        ident = Identity(
+            int(raw["node_id"]),
+            str(raw["cluster_id"]),
+            str(raw["engine"]),
+            int(raw.get("shards", 1)),
+            members,
+        )
     except FileNotFoundError:
         ident = None
     except (ValueError, KeyError, TypeError) as exc:
@@ -152,14 +180,28 @@ def load_or_create_identity(cfg: NodeConfig) -> tuple[Identity, bool]:
             raise InvalidInput(f"{cfg.data_dir} holds node {ident.node_id}, not node {cfg.node_id}")
         if cfg.cluster_id is not None and cfg.cluster_id != ident.cluster_id:
             raise InvalidInput(f"{cfg.data_dir} belongs to cluster {ident.cluster_id}")
+        if cfg.shards is not None and cfg.shards != ident.shards:
+            raise InvalidInput(
+                f"{cfg.data_dir} belongs to a cluster of {ident.shards} shard(s), not "
+                f"{cfg.shards}: the shard count is fixed when a cluster is created"
+            )
         return ident, False
     if os.path.exists(os.path.join(cfg.data_dir, "tidekv.json")):
         raise InvalidInput(
             f"{cfg.data_dir} holds an embedded store (tide put --path); "
             "give the node its own --data-dir"
         )
+    shards = cfg.shards or 1
+    initial: tuple[Peer, ...] = ()
+    if shards > 1:
+        if cfg.join:
+            raise InvalidInput("joining a sharded cluster is not supported yet")
+        initial = tuple(sorted(cfg.initial_peers().values(), key=lambda p: p.id))
     os.makedirs(cfg.data_dir, exist_ok=True)
-    ident = Identity(cfg.node_id, cfg.cluster_id or secrets.token_hex(8), cfg.engine)
+    cluster_id = cfg.cluster_id or (
+        _derived_cluster_id(shards, initial) if initial else secrets.token_hex(8)
+    )
+    ident = Identity(cfg.node_id, cluster_id, cfg.engine, shards, initial)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(
@@ -168,6 +210,8 @@ def load_or_create_identity(cfg: NodeConfig) -> tuple[Identity, bool]:
                 "cluster_id": ident.cluster_id,
                 "engine": ident.engine,
                 "format": 1,
+                "shards": ident.shards,
+                "members": [[p.id, p.address, p.raft_address] for p in ident.members],
             },
             f,
         )

@@ -111,6 +111,9 @@ def wall_ms() -> int:
 class Replica:
     """A replica of one shard's Raft group."""
 
+    node_of: Callable[[int], int] | None = None
+    """Raft id -> node id for the transport, when the group's Raft ids are replica ids."""
+
     def __init__(
         self,
         *,
@@ -126,9 +129,15 @@ class Replica:
         max_key_bytes: int,
         max_value_bytes: int,
         compact_every: int,
+        peer_of: Callable[[int], Peer | None] | None = None,
+        on_leader: Callable[[Replica], None] | None = None,
     ) -> None:
         self.group = group
         self.node_id = node_id
+        self._peer_of = peer_of
+        """Raft id -> the hosting node's addresses, when the group's Raft ids are replica
+        ids (a sharded cluster's data groups); else the group's address book is used."""
+        self._on_leader = on_leader
         self.storage = storage
         self._engine_name = engine_name
         self._engine_path = engine_path
@@ -217,11 +226,21 @@ class Replica:
             self.raw.apply_conf_change(cc)
 
     @staticmethod
-    def bootstrap(storage: GroupStorage, engine: Engine, peers: dict[int, Peer]) -> None:
+    def bootstrap(
+        storage: GroupStorage,
+        engine: Engine,
+        peers: dict[int, Peer],
+        *,
+        voters: frozenset[int] | None = None,
+        extra: list[Op] | None = None,
+    ) -> None:
         """Write the initial membership as a snapshot at (index 1, term 1), as etcd does:
-        a node added later receives it by snapshot and learns the whole membership."""
-        conf = ConfState(voters=frozenset(peers))
+        a node added later receives it by snapshot and learns the whole membership.
+        ``voters``: the Raft ids when they are not the peers' node ids (replica ids);
+        ``extra``: more records of the initial state (the metadata group's state)."""
+        conf = ConfState(voters=frozenset(peers) if voters is None else voters)
         ops: list[Op] = [peer_put(p) for p in peers.values()]
+        ops.extend(extra or ())
         ops.append(snapshot_meta_op(1, 1, conf))
         store = Store(engine, sync=False)
         store.sm.mark_applied(1, ops)
@@ -247,15 +266,16 @@ class Replica:
 
     def leader_peer(self) -> Peer | None:
         lead = self.raw.raft.lead
-        return None if lead == NONE else self.peers.get(lead)
+        if lead == NONE:
+            return None
+        return self.peers.get(lead) if self._peer_of is None else self._peer_of(lead)
 
     def not_leader(self) -> NotLeader:
         peer = self.leader_peer()
-        lead = self.raw.raft.lead
         return NotLeader(
             f"node {self.node_id} does not lead shard {self.group}",
             shard=self.group,
-            leader=None if lead == NONE else lead,
+            leader=None if peer is None else peer.id,
             leader_url=None if peer is None or peer.id == self.node_id else peer.http_url,
         )
 
@@ -367,12 +387,12 @@ class Replica:
                         raise ProposalDropped("no leader to forward the proposal to")
                     # the core sends them to the leader, which stamps their HLC time
                     # (accept_forwarded); a leader change fails their waiters
-                    self._forwarded.update(decode_command(d).rid for d in batch)
+                    self._forwarded.update(self._rid_of(d) for d in batch)
                 self.raw.propose_batch(batch)
             except ProposalDropped:
                 err = self.not_leader()
                 for data in batch:
-                    fut = self._waiters.pop(decode_command(data).rid, None)
+                    fut = self._waiters.pop(self._rid_of(data), None)
                     if fut is not None and not fut.done():
                         fut.set_exception(err)
         if self._reads:
@@ -483,6 +503,13 @@ class Replica:
             self._wake()
         if was_leader and role is not Role.LEADER:
             log.info("group %d: node %d is no longer leader", self.group, self.node_id)
+        if role is Role.LEADER and not was_leader and self._on_leader is not None:
+            self._on_leader(self)
+
+    @staticmethod
+    def _rid_of(data: bytes) -> bytes:
+        """The request id of a proposal's data."""
+        return decode_command(data).rid
 
     # -- apply ----------------------------------------------------------------------------
 
@@ -508,6 +535,11 @@ class Replica:
             else:
                 sm.mark_applied(e.index)
         self.stats["applied"] += applied
+        self._applied_upto(changed)
+
+    def _applied_upto(self, changed: bool) -> None:
+        """Wake the waiters of what is applied now (and the watchers, if data changed)."""
+        sm = self.store.sm
         w = self._applied_waiters
         while w and w[0][0] <= sm.applied:
             _i, _s, waiter = heapq.heappop(w)

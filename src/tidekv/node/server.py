@@ -25,22 +25,35 @@ import logging
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import msgspec
 
-from tidekv.errors import InvalidInput
+from tidekv.errors import InvalidInput, TideError
 from tidekv.node.config import Identity, NodeConfig, Peer, load_or_create_identity
 from tidekv.node.logstore import NodeLog
+from tidekv.node.meta import (
+    META_GROUP,
+    MetaReplica,
+    encode_meta_entry,
+    initial_state,
+    state_op,
+)
 from tidekv.node.replica import Replica
 from tidekv.node.snapstream import SnapshotSink
 from tidekv.node.transport import PeerTransport
-from tidekv.raft import Config, Message, MessageType, ProposalDropped, Ready
-from tidekv.storage import open_engine
+from tidekv.raft import Config, Entry, EntryKind, Message, MessageType, ProposalDropped, Ready
+from tidekv.sharding import metadata
+from tidekv.sharding.metadata import ClusterState
+from tidekv.sharding.replicas import node_of, replica_id
+from tidekv.sharding.ring import DEFAULT_REPLICATION
+from tidekv.storage import Op, open_engine
 
 log = logging.getLogger("tidekv.node")
 
 DATA_GROUP = 0
-"""The one data group of this stage (the sharding issue adds more)."""
+"""The one data group of an unsharded cluster (``--shards 1``); in a sharded cluster shard
+``s`` is group ``s`` and the metadata is group :data:`~tidekv.node.meta.META_GROUP`."""
 
 
 class Node:
@@ -60,6 +73,16 @@ class Node:
         self._rng = random.Random()
         self.stats = {"loops": 0, "fsyncs": 0, "readies": 0}
         self.me = cfg.me()
+        self.meta: MetaReplica | None = None
+        """This node's replica of the metadata group (sharded clusters, meta voters)."""
+        self.cluster: ClusterState | None = None
+        """The cluster metadata as this node knows it (sharded clusters): the metadata
+        group's state when this node hosts it, else the state at creation."""
+        self.members: dict[int, Peer] = {}
+        """A sharded cluster's address book (node id -> addresses)."""
+        self.leader_hint: dict[int, int] = {}
+        """shard -> the node last seen leading it (from local replicas)."""
+        self._bg: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -84,7 +107,10 @@ class Node:
             for p in cfg.peers.values():
                 if p.id != cfg.node_id:
                     self.transport.set_peer(p.id, p.raft_address)
-        self._open_group(DATA_GROUP, bootstrap=created)
+        if self.identity.sharded:
+            self._start_sharded()
+        else:
+            self._open_group(DATA_GROUP, bootstrap=created)
         self._driver = asyncio.get_running_loop().create_task(self._drive())
         self._schedule_tick()
 
@@ -93,24 +119,137 @@ class Node:
             return None
         return os.path.join(self.cfg.data_dir, "groups", str(group), "engine")
 
+    @property
+    def sharded(self) -> bool:
+        return self.identity.sharded
+
+    @property
+    def shard_count(self) -> int:
+        return self.identity.shards
+
+    def _start_sharded(self) -> None:
+        """Open the metadata group (if this node is a metadata voter) and the data groups
+        the shard map places here. The initial state is a pure function of node.json
+        (cluster id, shard count, members), identical on every node."""
+        ident = self.identity
+        self.members = {p.id: p for p in ident.members}
+        for p in ident.members:
+            if p.id != self.cfg.node_id:
+                self.transport.set_peer(p.id, p.raft_address)
+        state = initial_state(
+            ident.cluster_id,
+            ident.shards,
+            [(p.id, p.address) for p in ident.members],
+            DEFAULT_REPLICATION,
+        )
+        self.cluster = state
+        if self.cfg.node_id in state.meta_voters:
+            meta = self._open_group(META_GROUP, bootstrap=True)
+            assert isinstance(meta, MetaReplica)
+            self.meta = meta
+            if meta.state.shards:
+                self.cluster = meta.state
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Open a replica for every shard the metadata places on this node."""
+        st = self.cluster
+        if st is None or self._closing:
+            return
+        me = self.cfg.node_id
+        for shard, ss in st.shard_map.items():
+            if shard not in self.replicas and (me in ss.voters or me in ss.learners):
+                self._open_group(shard, bootstrap=True)
+        # closing replicas the metadata moved away needs the move executor (not built)
+
+    def _on_meta_state(self, state: ClusterState) -> None:
+        self.cluster = state
+        # called while the loop applies entries: open groups outside its iteration
+        asyncio.get_running_loop().call_soon(self._reconcile)
+
+    def peer_of_replica(self, rid: int) -> Peer | None:
+        return self.members.get(node_of(rid))
+
+    def _on_shard_leader(self, rep: Replica) -> None:
+        """This node now leads shard ``rep.group``: tell the metadata (LeaderSeen)."""
+        self.leader_hint[rep.group] = self.cfg.node_id
+        task = asyncio.get_running_loop().create_task(self._report_leader(rep, rep.raw.raft.term))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    def _tell_meta_voters(self, cmd: metadata.Command) -> None:
+        """From a node outside the metadata group: send ``cmd`` as a Raft proposal
+        (``MsgProp``) to every metadata voter; a follower forwards it to its leader, the
+        leader appends it. Best effort, no answer (for reports such as LeaderSeen, which
+        may apply more than once)."""
+        assert self.cluster is not None
+        data = encode_meta_entry(os.urandom(16), cmd)
+        msgs = [
+            Message(
+                MessageType.PROPOSE,
+                to=v,
+                frm=self.cfg.node_id,
+                entries=[Entry(term=0, index=0, kind=EntryKind.NORMAL, data=data)],
+            )
+            for v in self.cluster.meta_voters
+            if v != self.cfg.node_id
+        ]
+        self.transport.send(META_GROUP, msgs)
+
+    async def _report_leader(self, rep: Replica, term: int) -> None:
+        meta = self.meta
+        cmd = metadata.LeaderSeen(shard=rep.group, node=self.cfg.node_id, term=term)
+        if meta is None:
+            # no answer comes back: send a few times (the metadata group may be electing)
+            for delay in (0.0, 1.0, 2.0, 4.0, 8.0):
+                await asyncio.sleep(delay)
+                if self._closing or not rep.is_leader or rep.raw.raft.term != term:
+                    return
+                self._tell_meta_voters(cmd)
+            return
+        for _ in range(40):  # at cluster start the metadata group elects at the same time
+            if self._closing or not rep.is_leader or rep.raw.raft.term != term:
+                return
+            try:
+                await meta.propose(cmd, self.cfg.request_timeout)
+                return
+            except TideError as exc:
+                log.debug("shard %d: LeaderSeen not recorded yet: %s", rep.group, exc)
+            await asyncio.sleep(0.25)
+
     def _open_group(self, group: int, *, bootstrap: bool) -> Replica:
         cfg = self.cfg
         storage = self.log.group(group)
         path = self._engine_path(group)
         if path is not None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        peers = cfg.initial_peers()
-        if bootstrap and peers and storage.last_index() == 0:
+        raft_id = cfg.node_id
+        voters: frozenset[int] | None = None
+        extra: list[Op] | None = None
+        if not self.sharded:
+            peers = cfg.initial_peers()
+        elif group == META_GROUP:
+            assert self.cluster is not None
+            peers = {n: self.members[n] for n in self.cluster.meta_voters}
+            extra = [state_op(self.cluster)]
+        else:
+            # a data group of a sharded cluster: Raft ids are replica ids (incarnation 0
+            # at creation), the address book is the cluster's
+            assert self.cluster is not None
+            raft_id = replica_id(cfg.node_id)
+            peers = {}
+            voters = frozenset(replica_id(n) for n in self.cluster.shard_map[group].voters)
+        if bootstrap and (peers or voters) and storage.last_index() == 0:
             eng = open_engine(self.identity.engine, path)
             try:
-                Replica.bootstrap(storage, eng, peers)
+                Replica.bootstrap(storage, eng, peers, voters=voters, extra=extra)
             finally:
                 eng.close()
             self.log.sync()
 
         def raft_config(applied: int) -> Config:
             return Config(
-                id=cfg.node_id,
+                id=raft_id,
                 rng=random.Random(self._rng.getrandbits(64)),
                 election_tick=cfg.election_tick,
                 heartbeat_tick=cfg.heartbeat_tick,
@@ -120,7 +259,7 @@ class Node:
                 max_inflight_msgs=256,
             )
 
-        rep = Replica(
+        kw: dict[str, Any] = dict(
             group=group,
             node_id=cfg.node_id,
             storage=storage,
@@ -129,14 +268,23 @@ class Node:
             origin=self.identity.cluster_id,
             raft_config=raft_config,
             wake=self.wake,
-            on_peers_changed=self._on_peers_changed,
+            on_peers_changed=self._on_peers_changed if not self.sharded else _ignore_peers,
             max_key_bytes=cfg.max_key_bytes,
             max_value_bytes=cfg.max_value_bytes,
             compact_every=cfg.compact_every,
         )
+        rep: Replica
+        if not self.sharded:
+            rep = Replica(**kw)
+        elif group == META_GROUP:
+            rep = MetaReplica(on_state=self._on_meta_state, **kw)
+        else:
+            rep = Replica(peer_of=self.peer_of_replica, on_leader=self._on_shard_leader, **kw)
+            rep.node_of = node_of
         self.replicas[group] = rep
-        self._on_peers_changed(rep.peers)
-        if len(rep.raw.raft.voters) == 1 and cfg.node_id in rep.raw.raft.voters:
+        if not self.sharded:
+            self._on_peers_changed(rep.peers)
+        if len(rep.raw.raft.voters) == 1 and raft_id in rep.raw.raft.voters:
             rep.raw.campaign()  # a single-node cluster need not wait an election timeout
         return rep
 
@@ -144,6 +292,8 @@ class Node:
         if self._closing:
             return
         self._closing = True
+        for task in list(self._bg):
+            task.cancel()
         if self._ticker is not None:
             self._ticker.cancel()
         self.wake()
@@ -180,7 +330,7 @@ class Node:
             rep = self.replicas.get(group)
             if rep is None:
                 continue
-            if frm in rep.removed or m.frm in rep.removed:
+            if m.frm in rep.removed or (rep.node_of is None and frm in rep.removed):
                 # a removed member (still running, or restarted on its old data) must not
                 # disturb the group: no votes for it, no acks counted from it
                 rep.stats["from_removed"] += 1
@@ -200,13 +350,16 @@ class Node:
 
     def _on_unreachable(self, peer: int) -> None:
         for rep in self.replicas.values():
-            rep.raw.report_unreachable(peer)
+            rid = _raft_id(rep, peer)
+            if rid is not None:
+                rep.raw.report_unreachable(rid)
         self.wake()
 
     def _on_snapshot_status(self, group: int, to: int, ok: bool) -> None:
         rep = self.replicas.get(group)
-        if rep is not None:
-            rep.raw.report_snapshot(to, ok)
+        rid = None if rep is None else _raft_id(rep, to)
+        if rep is not None and rid is not None:
+            rep.raw.report_snapshot(rid, ok)
             self.wake()
 
     def _snapshot_sink(self, frm: int, group: int, m: Message) -> SnapshotSink | None:
@@ -250,7 +403,7 @@ class Node:
                 durable: list[int] = []
                 for rep, rd in readies:
                     if rd.messages:
-                        self.transport.send(rep.group, rd.messages)
+                        self.transport.send(rep.group, rd.messages, rep.node_of)
                     durable.append(rep.storage.last_index())  # every earlier write is synced
                     if rep.persist(rd):
                         must_sync = True
@@ -268,7 +421,7 @@ class Node:
                     await synced
                 for rep, rd in readies:
                     if rd.persisted_messages:
-                        self.transport.send(rep.group, rd.persisted_messages)
+                        self.transport.send(rep.group, rd.persisted_messages, rep.node_of)
                     try:
                         rep.after_persist(rd)
                     except Exception:
@@ -282,3 +435,21 @@ class Node:
             return self.replicas[group]
         except KeyError:
             raise InvalidInput(f"no shard {group} on this node") from None
+
+
+def _ignore_peers(peers: dict[int, Peer]) -> None:
+    """A sharded cluster's transport follows the cluster's address book, not a group's."""
+
+
+def _raft_id(rep: Replica, node: int) -> int | None:
+    """The Raft id of ``node``'s replica in ``rep``'s group (None: it has none). The
+    transport reports by node; a sharded data group's Raft ids are replica ids."""
+    if rep.node_of is None:
+        return node
+    prs = rep.raw.raft.prs
+    if node in prs:  # already a replica id (a message to an unknown peer)
+        return node
+    for rid in prs:  # the leader's progress: the only place these reports matter
+        if rep.node_of(rid) == node:
+            return rid
+    return None

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import heapq
+import itertools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import msgspec
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -33,15 +36,26 @@ from tidekv.errors import (
     Conflict,
     InvalidInput,
     NotFound,
+    NotLeader,
+    Unavailable,
 )
 from tidekv.node.config import Peer
+from tidekv.node.meta import META_GROUP
 from tidekv.node.replica import Replica
 from tidekv.node.server import DATA_GROUP, Node
 from tidekv.raft import NONE, ConfChange, ConfChangeType, Role
 from tidekv.service import CONSISTENCY_LEVELS, Consistency
+from tidekv.sharding.keys import hash_tag, shard_of
+from tidekv.sharding.replicas import node_of
 from tidekv.statemachine import WriteResult
 from tidekv.store import AsOf, Item, VersionInfo
-from tidekv.versioning import BYTES_CONTENT_TYPE, Diff, check_version_id, is_json_type
+from tidekv.versioning import (
+    BYTES_CONTENT_TYPE,
+    Diff,
+    HLCTimestamp,
+    check_version_id,
+    is_json_type,
+)
 
 
 class NodeService:
@@ -56,11 +70,50 @@ class NodeService:
         self.registry.register(_NodeCollector(node))
 
     def shard_of(self, key: str) -> int:
-        return DATA_GROUP
+        node = self.node
+        return shard_of(key, node.shard_count) if node.sharded else DATA_GROUP
 
     @property
     def rep(self) -> Replica:
         return self.node.replica(DATA_GROUP)
+
+    def _rep_for_key(self, key: str) -> Replica:
+        if not self.node.sharded:
+            return self.node.replica(DATA_GROUP)
+        return self._rep_for(shard_of(key, self.node.shard_count))
+
+    def _rep_for(self, shard: int) -> Replica:
+        """This node's replica of ``shard``, or NotLeader naming a node that has one."""
+        rep = self.node.replicas.get(shard)
+        if rep is None or shard == META_GROUP:
+            raise self._not_here(shard)
+        return rep
+
+    def _check_shard(self, shard: int) -> int:
+        count = self.node.shard_count
+        if not 0 <= shard < count:
+            raise InvalidInput(f"shard must be in 0..{count - 1}", shard=shard)
+        return shard
+
+    def _not_here(self, shard: int) -> NotLeader:
+        """Where to send a request for a shard this node has no replica of: its leader as
+        the metadata saw it, else any replica (a follower forwards writes through Raft and
+        serves linearizable reads with ReadIndex)."""
+        node = self.node
+        st = node.cluster
+        me = node.cfg.node_id
+        seen = None if st is None else st.leaders.get(shard)
+        lead = node.leader_hint.get(shard, seen.node if seen is not None else None)
+        candidates = [] if st is None else list(st.shard_map[shard].voters)
+        if lead is not None:
+            candidates.insert(0, lead)
+        peer = next((node.members[n] for n in candidates if n != me and n in node.members), None)
+        return NotLeader(
+            f"node {me} has no replica of shard {shard}",
+            shard=shard,
+            leader=lead,
+            leader_url=None if peer is None else peer.http_url,
+        )
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -75,7 +128,7 @@ class NodeService:
         idempotency_key: str | None = None,
         author: str | None = None,
     ) -> WriteResult:
-        rep = self.rep
+        rep = self._rep_for_key(key)
         store = rep.store
         store.check_key(key)
         data, ctype = store.encode_value(value, content_type or BYTES_CONTENT_TYPE)
@@ -98,7 +151,7 @@ class NodeService:
         idempotency_key: str | None = None,
         author: str | None = None,
     ) -> WriteResult:
-        rep = self.rep
+        rep = self._rep_for_key(key)
         rep.store.check_key(key)
         return await self._write(
             rep,
@@ -120,7 +173,7 @@ class NodeService:
         idempotency_key: str | None = None,
         author: str | None = None,
     ) -> WriteResult:
-        rep = self.rep
+        rep = self._rep_for_key(key)
         if not rep.is_leader:
             raise rep.not_leader()
         store = rep.store
@@ -151,13 +204,12 @@ class NodeService:
 
     # -- reads ------------------------------------------------------------------------------
 
-    async def _barrier(self, consistency: str) -> Replica:
+    async def _barrier(self, consistency: str, rep: Replica) -> Replica:
         if consistency not in CONSISTENCY_LEVELS:
             raise InvalidInput(
                 f"consistency must be one of {', '.join(CONSISTENCY_LEVELS)}",
                 consistency=consistency,
             )
-        rep = self.rep
         await rep.read_barrier(consistency, self.timeout)
         return rep
 
@@ -169,13 +221,14 @@ class NodeService:
         version: str | None = None,
         as_of: str | None = None,
     ) -> Item:
-        self.rep.store.check_key(key)
+        rep = self._rep_for_key(key)
+        rep.store.check_key(key)
         if version is not None:
             check_version_id(version)
         when: AsOf = None
         if as_of is not None:
             when = int(as_of) if as_of.isdigit() else as_of
-        rep = await self._barrier(consistency)
+        await self._barrier(consistency, rep)
         return rep.store.get(key, version=version, as_of=when)
 
     async def scan(
@@ -186,11 +239,86 @@ class NodeService:
         end: str | None = None,
         limit: int | None = None,
         consistency: Consistency = "linearizable",
+        shard: int | None = None,
     ) -> list[Item]:
+        """Keys in order. ``shard``: only that shard's. On a sharded cluster without it,
+        every shard is read (all read barriers of one call share the loop turn, so each
+        shard's ReadIndex rounds batch) and the pages are merged in key order; a prefix
+        inside one hash tag (``{user42}:``) reads its one shard."""
         if limit is not None and limit < 0:
             raise InvalidInput("limit must not be negative")
-        rep = await self._barrier(consistency)
-        return list(rep.store.scan(prefix, start=start, end=end, limit=limit))
+        node = self.node
+        if not node.sharded:
+            if shard not in (None, DATA_GROUP):
+                raise InvalidInput("this cluster has one shard, 0", shard=shard)
+            shard = DATA_GROUP
+        elif shard is None and prefix and hash_tag(prefix) is not None:
+            shard = shard_of(prefix, node.shard_count)  # every key of it has that tag
+        if shard is not None:
+            rep = await self._barrier(consistency, self._rep_for(self._check_shard(shard)))
+            return list(rep.store.scan(prefix, start=start, end=end, limit=limit))
+        reps: list[Replica] = []
+        remote: list[asyncio.Task[list[Item]]] = []
+        for s in range(node.shard_count):
+            local = node.replicas.get(s)
+            if local is not None:
+                reps.append(local)
+            else:  # from a node that has it, concurrently with the local barriers
+                remote.append(
+                    asyncio.ensure_future(
+                        self._remote_scan(s, prefix, start, end, limit, consistency)
+                    )
+                )
+        try:
+            await asyncio.gather(*(self._barrier(consistency, r) for r in reps))
+        except BaseException:
+            for t in remote:
+                t.cancel()
+            raise
+        pages = [list(r.store.scan(prefix, start=start, end=end, limit=limit)) for r in reps]
+        pages.extend(await asyncio.gather(*remote))
+        merged = heapq.merge(*pages, key=lambda item: item.key)
+        return list(merged if limit is None else itertools.islice(merged, limit))
+
+    async def _remote_scan(
+        self,
+        shard: int,
+        prefix: str | None,
+        start: str | None,
+        end: str | None,
+        limit: int | None,
+        consistency: str,
+    ) -> list[Item]:
+        """Up to ``limit`` keys of a shard this node has no replica of, read over HTTP
+        from a node that has one (page by page). JSON values come back byte for byte
+        (the listing embeds them raw)."""
+        url = self._not_here(shard).details.get("leader_url")
+        if not isinstance(url, str):
+            raise Unavailable(f"no node is known to hold shard {shard}", shard=shard)
+        params: dict[str, str] = {"shard": str(shard), "consistency": consistency}
+        if prefix:
+            params["prefix"] = prefix
+        if start is not None:
+            params["start"] = start
+        if end is not None:
+            params["end"] = end
+        items: list[Item] = []
+        async with httpx.AsyncClient(timeout=self.timeout * 2) as http:
+            while limit is None or len(items) < limit:
+                want = _REMOTE_PAGE if limit is None else min(_REMOTE_PAGE, limit - len(items))
+                r = await http.get(url + "/v1/kv", params={**params, "limit": str(want)})
+                if r.status_code != 200:
+                    raise Unavailable(
+                        f"shard {shard} from {url}: HTTP {r.status_code}",
+                        shard=shard,
+                    )
+                page = _page_dec.decode(r.content)
+                items.extend(i.item() for i in page.items)
+                if page.next is None:
+                    break
+                params.pop("start", None)
+                params["cursor"] = page.next
+        return items
 
     async def history(
         self,
@@ -200,10 +328,11 @@ class NodeService:
         before: str | None = None,
         consistency: Consistency = "linearizable",
     ) -> list[VersionInfo]:
-        self.rep.store.check_key(key)
+        rep = self._rep_for_key(key)
+        rep.store.check_key(key)
         if limit is not None and limit < 0:
             raise InvalidInput("limit must not be negative")
-        rep = await self._barrier(consistency)
+        await self._barrier(consistency, rep)
         return rep.store.history(key, limit=limit, before=before)
 
     async def diff(
@@ -217,24 +346,39 @@ class NodeService:
         check_version_id(from_version)
         if to_version is not None:
             check_version_id(to_version)
-        rep = await self._barrier(consistency)
+        rep = await self._barrier(consistency, self._rep_for_key(key))
         return rep.store.diff(key, from_version, to_version)
 
     # -- the change feed --------------------------------------------------------------------
 
     async def watch(
-        self, *, prefix: str | None = None, since: str | None = None
+        self, *, prefix: str | None = None, since: str | None = None, shard: int | None = None
     ) -> AsyncIterator[dict[str, Any]]:
+        """The change feed of one shard (cursor: that shard's revision). On a sharded
+        cluster ``shard`` is needed, unless the prefix lies inside one hash tag."""
+        node = self.node
+        if not node.sharded:
+            if shard not in (None, DATA_GROUP):
+                raise InvalidInput("this cluster has one shard, 0", shard=shard)
+            shard = DATA_GROUP
+        elif shard is None:
+            if not prefix or hash_tag(prefix) is None:
+                raise InvalidInput(
+                    "watch needs shard= on a sharded cluster (a feed across shards is not "
+                    "built yet), or a prefix inside one hash tag",
+                    shards=node.shard_count,
+                )
+            shard = shard_of(prefix, node.shard_count)
+        rep = self._rep_for(self._check_shard(shard) if node.sharded else shard)
         if since is None or since == "":
-            after = self.rep.store.sm.revision
+            after = rep.store.sm.revision
             yield {"cursor": str(after)}  # a position: resume from here
         elif since.isdigit():
             after = int(since)
         else:
             raise InvalidInput(f"watch cursor {since!r} is not a revision number", since=since)
         while True:
-            rep = self.rep
-            sm = rep.store.sm
+            sm = rep.store.sm  # a snapshot install replaces the store
             skipped = False
             for change in sm.changes(after):
                 after = change.revision
@@ -274,6 +418,8 @@ class NodeService:
     # -- cluster ----------------------------------------------------------------------------
 
     async def cluster_info(self) -> dict[str, Any]:
+        if self.node.sharded:
+            return self._sharded_info()
         rep = self.rep
         raft = rep.raw.raft
         if not rep.is_leader and raft.lead != NONE and rep.leader_peer() is not None:
@@ -292,9 +438,11 @@ class NodeService:
                 else "removed"
             )
             nodes.append({**peer.to_dict(), "state": state})
+        lead_peer = rep.leader_peer()
         shard: dict[str, Any] = {
             "id": rep.group,
             "leader": None if st.lead == NONE else st.lead,
+            "leader_address": None if lead_peer is None else lead_peer.address,
             "term": st.term,
             "replicas": sorted(conf.voters),
             "learners": sorted(conf.learners),
@@ -318,11 +466,122 @@ class NodeService:
         return {
             "cluster_id": self.node.identity.cluster_id,
             "node_id": self.node.cfg.node_id,
+            "shard_count": 1,
             "nodes": nodes,
             "shards": [shard],
         }
 
+    def _sharded_info(self) -> dict[str, Any]:
+        """A sharded cluster, as this node sees it: the metadata (members, shard map,
+        moves, leaders seen) plus the Raft status of its own replicas. Served by any
+        node, not forwarded: a shard's replication progress is shown where it is led."""
+        node = self.node
+        st = node.cluster
+        assert st is not None
+        me = node.cfg.node_id
+        shards = []
+        leads: dict[int, int] = {}
+        for s in range(node.shard_count):
+            ss = st.shard_map[s]
+            rep = node.replicas.get(s)
+            info: dict[str, Any]
+            if rep is not None:
+                status = rep.raw.status()
+                lead = None if status.lead == NONE else node_of(status.lead)
+                info = {
+                    "id": s,
+                    "leader": lead,
+                    "term": status.term,
+                    "replicas": sorted(node_of(v) for v in status.conf.voters),
+                    "learners": sorted(node_of(v) for v in status.conf.learners),
+                    "commit_index": status.commit,
+                    "applied_index": rep.applied,
+                    "revision": rep.store.sm.revision,
+                    "local": True,
+                }
+                if status.progress:
+                    info["progress"] = {
+                        str(node_of(rid)): {
+                            "match": p.match,
+                            "lag": max(0, status.commit - p.match),
+                            "state": p.state.name.lower(),
+                            "learner": p.is_learner,
+                            "active": p.recent_active,
+                        }
+                        for rid, p in status.progress.items()
+                    }
+            else:
+                seen = st.leaders.get(s)
+                lead = None if seen is None else seen.node
+                info = {
+                    "id": s,
+                    "leader": lead,
+                    "term": None if seen is None else seen.term,
+                    "replicas": list(ss.voters),
+                    "learners": list(ss.learners),
+                    "commit_index": None,
+                    "local": False,
+                }
+            peer = None if lead is None else node.members.get(lead)
+            info["leader_address"] = None if peer is None else peer.address
+            if lead is not None:
+                leads[lead] = leads.get(lead, 0) + 1
+            shards.append(info)
+        nodes = []
+        for nid, m in sorted(st.members.items()):
+            peer = node.members.get(nid)
+            nodes.append(
+                {
+                    "id": nid,
+                    "address": m.address,
+                    "raft_address": None if peer is None else peer.raft_address,
+                    "state": m.state.value,
+                    "live": m.live,
+                    "reachable": nid == me or node.transport.connected(nid),
+                    "meta_voter": nid in st.meta_voters,
+                    "leads": leads.get(nid, 0),
+                }
+            )
+        meta = node.meta
+        meta_lead = None
+        if meta is not None and meta.raw.raft.lead != NONE:
+            meta_lead = meta.raw.raft.lead
+        moves = [
+            {
+                "shard": s,
+                "from": list(ss.voters),
+                "to": list(ss.target),
+                "next_step": ss.next_step,
+                "steps": [str(step) for step in ss.steps],
+                "blocked": ss.blocked,
+            }
+            for s, ss in sorted(st.movements().items())
+        ]
+        return {
+            "cluster_id": node.identity.cluster_id,
+            "node_id": me,
+            "shard_count": node.shard_count,
+            "replication": st.replication,
+            "nodes": nodes,
+            "shards": shards,
+            "meta": {
+                "voters": list(st.meta_voters),
+                "leader": meta_lead,
+                "revision": st.revision,
+                "local": meta is not None,
+            },
+            "moves": moves,
+        }
+
+    def _static(self) -> None:
+        if self.node.sharded:
+            raise Conflict(
+                "adding or removing nodes of a sharded cluster is not built yet: its "
+                "placement is fixed at creation"
+            )
+
     async def add_node(self, node_id: int, address: str) -> dict[str, Any]:
+        self._static()
         peer = Peer.make(node_id, address)
         rep = self.rep
         if node_id in rep.removed:  # tombstones are never lifted: any replica may answer
@@ -383,6 +642,7 @@ class NodeService:
         return False
 
     async def remove_node(self, node_id: int) -> dict[str, Any]:
+        self._static()
         rep = self.rep
         if not rep.is_leader:
             raise rep.not_leader()
@@ -397,6 +657,9 @@ class NodeService:
     # -- health -----------------------------------------------------------------------------
 
     async def ready(self) -> bool:
+        if self.node.sharded:
+            # every local replica (the metadata's too) knows a leader
+            return all(r.raw.raft.lead != NONE for r in self.node.replicas.values())
         rep = self.rep
         raft = rep.raw.raft
         if raft.lead == NONE:
@@ -407,6 +670,43 @@ class NodeService:
 
     def metrics_text(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
+
+
+_REMOTE_PAGE = 1000
+
+
+class _RemoteItem(msgspec.Struct):
+    key: str
+    version: str
+    revision: int
+    hlc: str
+    content_type: str
+    value: msgspec.Raw | None = None
+    value_b64: str | None = None
+    siblings: int = 1
+
+    def item(self) -> Item:
+        if self.value is not None:
+            data = bytes(self.value)
+        else:
+            data = base64.b64decode(self.value_b64 or "")
+        return Item(
+            key=self.key,
+            value=data,
+            content_type=self.content_type,
+            version=self.version,
+            revision=self.revision,
+            hlc=HLCTimestamp.parse(self.hlc),
+            siblings=self.siblings,
+        )
+
+
+class _RemotePage(msgspec.Struct):
+    items: list[_RemoteItem]
+    next: str | None = None
+
+
+_page_dec = msgspec.json.Decoder(_RemotePage)
 
 
 class _NodeCollector(Collector):

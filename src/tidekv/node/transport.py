@@ -688,8 +688,12 @@ class PeerTransport:
 
     # -- sending --------------------------------------------------------------------------
 
-    def send(self, group: int, msgs: Iterable[Message]) -> None:
+    def send(
+        self, group: int, msgs: Iterable[Message], node_of: Callable[[int], int] | None = None
+    ) -> None:
         """Queue ``msgs`` of Raft group ``group`` for their ``to`` nodes; never blocks or raises.
+
+        ``node_of``: ``to`` -> node id, for a group whose Raft ids are replica ids.
 
         Everything queued during one event-loop iteration leaves in the next one, one frame
         per destination. Drops are reported through the callbacks, from the event loop.
@@ -699,7 +703,7 @@ class PeerTransport:
         peers = self._peers
         try:
             for m in msgs:
-                peer = peers.get(m.to)
+                peer = peers.get(m.to if node_of is None else node_of(m.to))
                 if peer is None:
                     self._unknown.append((group, m))
                     peer = self._nobody
