@@ -9,9 +9,10 @@ metadata group's business, a later stage). What the simulation does becomes comm
 * a host crash is ``MarkDown(host, now)``, its restart ``MarkUp``; every tick
   :func:`~tidekv.sharding.metadata.evictions` evicts hosts down longer than
   ``down_after`` (re-replication);
-* the executor (:func:`tidekv.sim.mover.try_step`) runs each shard's next step through
-  the group's leader and reports ``StepDone``; a group leader whose applied configuration
-  differs from the record reports ``ConfSeen`` (the group is the truth).
+* the executor (the pure :mod:`tidekv.sharding.executor`, driven by
+  :func:`tidekv.sim.mover.try_step`) runs each shard's next step through the group's
+  leader and reports ``StepDone``; a group leader whose applied configuration differs
+  from the record reports ``ConfSeen`` (the group is the truth).
 
 At the end every shard's record, its group's real configuration and the ring's
 placement of the ring members must agree.
@@ -19,14 +20,12 @@ placement of the ring members must agree.
 
 from __future__ import annotations
 
-import contextlib
 import random
 from typing import TYPE_CHECKING
 
-from tidekv.raft import ConfChange, ConfChangeType, ProposalDropped
+from tidekv.sharding.executor import ShutDown, reconcile, remove_zombie
 from tidekv.sharding.metadata import (
     ClusterState,
-    ConfSeen,
     Create,
     Decommission,
     Join,
@@ -41,7 +40,7 @@ from tidekv.sharding.ring import Ring
 from tidekv.sim.cluster import TICK
 from tidekv.sim.groups import Move, SimGroup, leader_of
 from tidekv.sim.invariants import SafetyViolation
-from tidekv.sim.mover import try_step
+from tidekv.sim.mover import propose_conf, try_step, view_of
 
 if TYPE_CHECKING:
     from tidekv.sim.multigroup import MultiCluster
@@ -125,20 +124,11 @@ class RingControl:
             sh = self.state.shard_map[gid]
             if not sh.moving or sh.blocked:
                 break
-            # which replica stands for which host: members of the leader's configuration,
-            # and replicas created for an add that has not shown up yet
-            live = {h: r for r, h in g.host_of.items()
-                    if r not in g.retired and r not in g.was_member}  # fmt: skip
-            ld = leader_of(g)
-            if ld is not None and ld.rawnode is not None:
-                cur = ld.rawnode.raft
-                live.update({g.host_of[r]: r for r in cur.voters | cur.learners})
             mv = g.move
             if mv is None or mv.steps != sh.steps or mv.next != sh.next_step:
-                mv = g.move = Move(list(sh.steps), mc.now, sh.next_step, {},
+                mv = g.move = Move(list(sh.steps), mc.now, sh.next_step,
                                    mv.last_try if mv else -(10**9))  # fmt: skip
-            mv.rids = live  # rebuilt every time: a stale entry would name a dead replica
-            if not try_step(mc, g, mv):
+            if not try_step(mc, g, mv, sh):
                 break
             mc.trace(f"{mc.now}|step|{gid}|{sh.steps[sh.next_step]};")
             err = self._apply(StepDone(gid, sh.next_step))
@@ -155,38 +145,24 @@ class RingControl:
         ld = leader_of(g)
         if ld is None or ld.rawnode is None:
             return False
-        rn = ld.rawnode
-        if rn.raft.pending_conf_index > rn.raft.log.applied:
-            return False  # a removal the leader has not applied yet is no zombie
-        zombies = sorted((rn.raft.voters | rn.raft.learners) & g.retired)
-        if not zombies:
+        act = remove_zombie(view_of(ld), g.book)
+        if act is None:
             return False
-        self.zombies.update((g.gid, z) for z in zombies)
+        self.zombies.add((g.gid, act.replica))
         self.counts["zombies"] = len(self.zombies)
-        g.removal_proposed.update(zombies)
-        with contextlib.suppress(ProposalDropped):
-            rn.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, zombies[0]))
-            ld.pump(self.mc.now)
+        propose_conf(self.mc, g, ld, act)
         return True
 
     def _reconcile(self, gid: int, g: SimGroup) -> None:
         ld = leader_of(g)
         if ld is None or ld.rawnode is None:
             return
-        r = ld.rawnode.raft
-        g.was_member |= r.voters | r.learners
-        if r.pending_conf_index <= r.log.applied:
-            # out of a configuration whose change committed: shut those replicas down
-            for rid in sorted(g.was_member - r.voters - r.learners - g.retired):
-                mc = self.mc
-                mc.retire(g, rid)
-        voters = sorted(g.host_of[v] for v in r.voters)
-        learners = sorted(g.host_of[n] for n in r.learners)
-        sh = self.state.shard_map[gid]
-        differs = set(voters) != set(sh.voters) or set(learners) != set(sh.learners)
-        if differs and self._apply(ConfSeen(gid, voters, learners)) is None:
-            self.counts["conf_seen"] += 1
-            g.move = None
+        for act in reconcile(gid, self.state.shard_map[gid], view_of(ld), g.book):
+            if isinstance(act, ShutDown):
+                self.mc.retire(g, act.replica)
+            elif self._apply(act.command) is None:
+                self.counts["conf_seen"] += 1
+                g.move = None
 
     # -- the end --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tidekv.raft import CompactedError, LogUnavailable, Message, Role
+from tidekv.sharding.executor import ReplicaBook
 from tidekv.sharding.movement import Step
 from tidekv.sim.invariants import Invariants, SafetyViolation
 from tidekv.sim.node import SimNode
@@ -43,9 +44,9 @@ class Move:
     steps: list[Step]
     started: int
     next: int = 0
-    #: host -> the replica id created for it by this move
-    rids: dict[int, int] = field(default_factory=dict)
     last_try: int = -(10**9)
+    #: the replica set moved to (random moves; a ring move's is in its record)
+    target: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -54,13 +55,9 @@ class SimGroup:
     inv: Invariants
     workload: Workload
     replicas: dict[int, SimNode] = field(default_factory=dict)
-    host_of: dict[int, int] = field(default_factory=dict)
-    retired: set[int] = field(default_factory=set)
-    #: replica ids seen in a leader's configuration: once out of it, dead for good
-    was_member: set[int] = field(default_factory=set)
-    #: replica ids whose removal was ever proposed: never to be added again
-    removal_proposed: set[int] = field(default_factory=set)
-    next_rid: int = 1
+    #: the executor's memory of the group's replicas: replica id -> host, the retired
+    #: (shut down) ones, the ids ever in a configuration, the removals proposed
+    book: ReplicaBook = field(default_factory=ReplicaBook)
     move: Move | None = None
     probe_seq: int = 0
     probe_sent: int | None = None
@@ -70,11 +67,13 @@ class SimGroup:
     converged: bool = False
     why: str = ""
 
-    def live_rid_on(self, host: int) -> int | None:
-        for rid, h in self.host_of.items():
-            if h == host and rid not in self.retired:
-                return rid
-        return None
+    @property
+    def host_of(self) -> dict[int, int]:
+        return self.book.node_of
+
+    @property
+    def retired(self) -> set[int]:
+        return self.book.shut_down
 
 
 def leader_of(g: SimGroup) -> SimNode | None:

@@ -55,7 +55,7 @@ from tidekv.sim.groups import (
     stable_leader,
 )
 from tidekv.sim.invariants import Invariants, SafetyViolation
-from tidekv.sim.mover import advance_moves, start_move
+from tidekv.sim.mover import ReusingBook, advance_moves, start_move
 from tidekv.sim.network import NetConfig, Network
 from tidekv.sim.node import Applied, Hooks, NodeOptions, SimNode
 from tidekv.sim.statemachine import Command, KVStateMachine, encode_command
@@ -194,12 +194,14 @@ class MultiCluster:
         )
         wl = Workload(wl_rng, WorkloadConfig(clients=self.cfg.clients, keys=self.cfg.keys), gw)
         g = SimGroup(gid, Invariants(), wl)
+        if self.cfg.reuse_replica_ids:
+            g.book = ReusingBook()
         box.append(g)
         self.groups[gid] = g
         voters = frozenset(range(1, len(hosts) + 1))
         for rid, host in zip(sorted(voters), hosts, strict=True):
             self.add_replica(g, rid, host, ConfState(voters=voters), bootstrap=True)
-        g.next_rid = len(hosts) + 1
+        g.book.next_id = len(hosts) + 1
 
     def _hooks(self, g: SimGroup) -> Hooks:
         return Hooks(
