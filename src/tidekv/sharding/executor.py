@@ -125,10 +125,16 @@ class ReplicaBook:
             return True
         return rid in self.ever_member and rid not in view.members
 
-    def replica_on(self, node: int, view: GroupView) -> int | None:
+    def replica_on(self, node: int, view: GroupView, *, adding: bool = False) -> int | None:
         """The replica that stands for ``node``: a member of the configuration there, else
-        the newest id allocated there that is not dead (an add still in flight)."""
-        mine = [r for r in view.members if self.node_of.get(r) == node]
+        the newest id allocated there that is not dead (an add still in flight). For an
+        add, a member that was shut down (its removal not applied by the leader yet) does
+        not count: it is about to go."""
+        mine = [
+            r
+            for r in view.members
+            if self.node_of.get(r) == node and not (adding and r in self.shut_down)
+        ]
         if mine:
             return max(mine)
         fresh = [r for r, n in self.node_of.items() if n == node and not self.dead(r, view)]
@@ -239,7 +245,7 @@ def next_step(
     done = ReportStepDone(StepDone(shard, idx))
 
     if k is StepKind.ADD_LEARNER:
-        rid = book.replica_on(node, view)
+        rid = book.replica_on(node, view, adding=True)
         if rid is not None and rid in members:
             return done
         if node in down:
