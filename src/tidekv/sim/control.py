@@ -6,9 +6,9 @@ metadata group's business, a later stage). What the simulation does becomes comm
 
 * the ``membership`` fault joins a spare host (``Join``) or decommissions a ring member
   (``Decommission``); the metadata re-plans every shard whose target changed;
-* a host crash is ``MarkDown(host, now)``, its restart ``MarkUp``; every tick
-  :func:`~tidekv.sharding.metadata.evictions` evicts hosts down longer than
-  ``down_after`` (re-replication);
+* every tick of a live host is a heartbeat; the pure failure detector
+  (:mod:`tidekv.sharding.liveness`) turns their ages into ``MarkDown``/``MarkUp`` and
+  evicts hosts down longer than ``DOWN_AFTER`` (re-replication);
 * the executor (the pure :mod:`tidekv.sharding.executor`, driven by
   :func:`tidekv.sim.mover.try_step`) runs each shard's next step through the group's
   leader and reports ``StepDone``; a group leader whose applied configuration differs
@@ -24,17 +24,18 @@ import random
 from typing import TYPE_CHECKING
 
 from tidekv.sharding.executor import ShutDown, reconcile, remove_zombie
+from tidekv.sharding.liveness import FailureDetector, LivenessConfig
 from tidekv.sharding.metadata import (
     ClusterState,
     Create,
     Decommission,
+    Evict,
     Join,
     MarkDown,
     MarkUp,
     MemberState,
     StepDone,
     apply,
-    evictions,
 )
 from tidekv.sharding.ring import Ring
 from tidekv.sim.cluster import TICK
@@ -50,6 +51,17 @@ __all__ = ["RingControl"]
 DOWN_AFTER = 40 * TICK
 """How long a host is down before its replicas are re-created elsewhere."""
 
+LIVENESS = LivenessConfig(
+    down_after=3 * TICK,
+    up_after=5 * TICK,
+    evict_after=DOWN_AFTER,
+    retry_after=3 * TICK,
+    max_hold=40 * TICK,
+    flap_window=60 * TICK,
+)
+"""The failure detector's delays: a host silent for 3 ticks is marked down, and up again
+after 5 ticks of heartbeats (longer if it flaps)."""
+
 
 class RingControl:
     def __init__(self, mc: MultiCluster, hosts: list[int], shards: int) -> None:
@@ -58,7 +70,11 @@ class RingControl:
         ring_hosts = hosts[:-1]  # the last host starts as a spare, outside the ring
         err = apply(self.state, Create("sim", shards, [(h, f"h{h}", 1) for h in ring_hosts]))
         assert err is None, err
-        self.counts = {"joins": 0, "decommissions": 0, "evictions": 0, "conf_seen": 0}
+        self.counts = {"joins": 0, "decommissions": 0, "evictions": 0, "conf_seen": 0,
+                       "marked_down": 0, "marked_up": 0}  # fmt: skip
+        #: the failure detector of the metadata leader, fed by the hosts' ticks
+        self.detector = FailureDetector(LIVENESS)
+        self.last_heard: dict[int, int] = {}
         #: (group, replica id) of members found without a replica
         self.zombies: set[tuple[int, int]] = set()
 
@@ -91,28 +107,24 @@ class RingControl:
             h = rng.choice(spare)
             if self._apply(Join(h, f"h{h}")) is None:
                 self.counts["joins"] += 1
-                if h in self.mc.down:
-                    self._apply(MarkDown(h, self.mc.now))
         else:
             if self._apply(Decommission(rng.choice(ring))) is None:
                 self.counts["decommissions"] += 1
 
-    def host_down(self, host: int) -> None:
-        if host in self.state.members:
-            self._apply(MarkDown(host, self.mc.now))
-
-    def host_up(self, host: int) -> None:
-        if host in self.state.members:
-            self._apply(MarkUp(host, self.mc.now))
+    def heard(self, host: int) -> None:
+        """A heartbeat: the host ticked (a crashed host does not)."""
+        self.last_heard[host] = self.mc.now
 
     # -- the executor ---------------------------------------------------------------------
 
     def tick(self) -> None:
         mc = self.mc
-        if mc.phase == "chaos":
-            for ev in evictions(self.state, mc.now, DOWN_AFTER):
-                if self._apply(ev) is None:
-                    self.counts["evictions"] += 1
+        for cmd in self.detector.poll(mc.now, self.last_heard, self.state):
+            if isinstance(cmd, Evict) and mc.phase != "chaos":
+                continue  # healed: every host comes back
+            if self._apply(cmd) is None:
+                key = {Evict: "evictions", MarkDown: "marked_down", MarkUp: "marked_up"}
+                self.counts[key[type(cmd)]] += 1
         for gid, g in sorted(mc.groups.items()):
             self._run_group(gid, g)
 

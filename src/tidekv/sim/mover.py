@@ -65,7 +65,7 @@ class ReusingBook(ReplicaBook):
     def dead(self, rid: int, view: GroupView) -> bool:
         return False
 
-    def replica_on(self, node: int, view: GroupView) -> int | None:
+    def replica_on(self, node: int, view: GroupView, *, adding: bool = False) -> int | None:
         return self.chosen.get(node)
 
 

@@ -340,8 +340,6 @@ class MultiCluster:
     def _crash_host(self, host: int) -> None:
         self.down.add(host)
         self.trace(f"{self.now}|crash|{host};")
-        if self.control is not None:
-            self.control.host_down(host)
         for g in self.groups.values():
             for rid, h in g.host_of.items():
                 if h == host and rid not in g.retired:
@@ -351,8 +349,6 @@ class MultiCluster:
         if host not in self.down:
             return
         self.down.discard(host)
-        if self.control is not None:
-            self.control.host_up(host)
         for g in self.groups.values():
             for rid, h in g.host_of.items():
                 if h == host and rid not in g.retired:
@@ -399,6 +395,8 @@ class MultiCluster:
         self.trace(f"{time}|{kind}|{gid}|{a}|{b};")
         g = self.groups[gid]
         if kind == "tick":
+            if a not in self.down and self.control is not None:
+                self.control.heard(a)
             if a not in self.down:
                 for grp in self.groups.values():  # one host ticks all its replicas
                     for rid, h in grp.host_of.items():
