@@ -376,9 +376,7 @@ class StateMachine:
         self.dflt: Keyspace = engine.keyspace(DEFAULT_KEYSPACE)
         self.format = self._layout_format()
         #: where the key records are, and the prefix of their keys there
-        self.kspace: Keyspace = (
-            engine.keyspace(KEYS_KEYSPACE) if self.format >= 3 else self.dflt
-        )
+        self.kspace: Keyspace = engine.keyspace(KEYS_KEYSPACE) if self.format >= 3 else self.dflt
         self.kprefix: bytes = b"" if self.format >= 3 else K
         self.revision, self.clock = self._recover_position()
         raw = engine.get(APPLIED_KEY)

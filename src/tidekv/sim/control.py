@@ -23,7 +23,9 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+from tidekv.sharding.balancer import BalancerConfig, LeaderBalancer
 from tidekv.sharding.executor import ShutDown, reconcile, remove_zombie
+from tidekv.sharding.leaders import Transfer, spread
 from tidekv.sharding.liveness import FailureDetector, LivenessConfig
 from tidekv.sharding.metadata import (
     ClusterState,
@@ -31,6 +33,7 @@ from tidekv.sharding.metadata import (
     Decommission,
     Evict,
     Join,
+    LeaderSeen,
     MarkDown,
     MarkUp,
     MemberState,
@@ -62,6 +65,9 @@ LIVENESS = LivenessConfig(
 """The failure detector's delays: a host silent for 3 ticks is marked down, and up again
 after 5 ticks of heartbeats (longer if it flaps)."""
 
+BALANCER = BalancerConfig(max_concurrent=2, timeout=10 * TICK, cooldown=20 * TICK)
+"""At most 2 balancing transfers at once, each shard at most every 20 ticks."""
+
 
 class RingControl:
     def __init__(self, mc: MultiCluster, hosts: list[int], shards: int) -> None:
@@ -71,9 +77,11 @@ class RingControl:
         err = apply(self.state, Create("sim", shards, [(h, f"h{h}", 1) for h in ring_hosts]))
         assert err is None, err
         self.counts = {"joins": 0, "decommissions": 0, "evictions": 0, "conf_seen": 0,
-                       "marked_down": 0, "marked_up": 0}  # fmt: skip
+                       "marked_down": 0, "marked_up": 0, "leader_transfers": 0}  # fmt: skip
         #: the failure detector of the metadata leader, fed by the hosts' ticks
         self.detector = FailureDetector(LIVENESS)
+        #: leader balancing, as the metadata leader will run it
+        self.balancer = LeaderBalancer(BALANCER)
         self.last_heard: dict[int, int] = {}
         #: (group, replica id) of members found without a replica
         self.zombies: set[tuple[int, int]] = set()
@@ -127,6 +135,35 @@ class RingControl:
                 self.counts[key[type(cmd)]] += 1
         for gid, g in sorted(mc.groups.items()):
             self._run_group(gid, g)
+            self._leader_seen(gid, g)
+        for t in self.balancer.poll(mc.now, self.state):
+            self._transfer(t)
+
+    # -- leaders --------------------------------------------------------------------------
+
+    def _leader_seen(self, gid: int, g: SimGroup) -> None:
+        """The shard leader reports itself (newer terms only)."""
+        ld = leader_of(g)
+        if ld is None or ld.rawnode is None:
+            return
+        host, term = g.host_of[ld.id], ld.rawnode.raft.term
+        seen = self.state.leaders.get(gid)
+        if seen is None or ((seen.node, seen.term) != (host, term) and term >= seen.term):
+            self._apply(LeaderSeen(gid, host, term))
+
+    def _transfer(self, t: Transfer) -> None:
+        """A balancing hint to the shard's leader: hand leadership to ``t.to``."""
+        g = self.mc.groups[t.shard]
+        ld = leader_of(g)
+        if ld is None or ld.rawnode is None or g.host_of[ld.id] != t.frm:
+            return  # stale: the leader changed meanwhile
+        view = view_of(ld)
+        rid = g.book.replica_on(t.to, view)
+        if rid is None or rid not in view.voters:
+            return
+        self.counts["leader_transfers"] += 1
+        ld.rawnode.transfer_leader(rid)
+        ld.pump(self.mc.now)
 
     def _run_group(self, gid: int, g: SimGroup) -> None:
         mc = self.mc
@@ -179,15 +216,28 @@ class RingControl:
     # -- the end --------------------------------------------------------------------------
 
     def settled(self) -> bool:
-        return not self.state.movements()
+        return not self.state.movements() and self.balancer.settled(self.state)
 
     def check_final(self) -> None:
         """Record, real configuration and ring placement agree for every shard."""
         st = self.state
+        if self.balancer.plan(st):
+            raise SafetyViolation(
+                "leader balance", f"transfers still to do: {self.balancer.plan(st)}"
+            )
+        most, fewest = spread({s: ld.node for s, ld in st.leaders.items()}, st.ring_members())
+        self.counts["leaders_most"] = most
+        self.counts["leaders_fewest"] = fewest
         want = Ring(st.ring_members(), st.vnodes).place(st.shards, st.replication)
         for gid, g in self.mc.groups.items():
             ld = leader_of(g)
             assert ld is not None and ld.rawnode is not None
+            seen = st.leaders.get(gid)
+            if seen is None or seen.node != g.host_of[ld.id]:
+                raise SafetyViolation(
+                    "leaders seen",
+                    f"shard {gid}: led by {g.host_of[ld.id]}, the metadata saw {seen}",
+                )
             real = {g.host_of[v] for v in ld.rawnode.raft.voters}
             rec = set(st.shard_map[gid].voters)
             if not real == rec == set(want.replicas[gid]):
