@@ -9,6 +9,7 @@ of its voters; live replicas at the same applied index hold the same data.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from tidekv.raft import CompactedError, LogUnavailable, Message, Role
@@ -104,8 +105,9 @@ def stable_leader(g: SimGroup) -> SimNode | None:
     return ld
 
 
-def check_quorum_durable(g: SimGroup, leader: SimNode) -> None:
-    """A leader's commit index must be durable on a majority of its voters."""
+def check_quorum_durable(replicas: Mapping[int, SimNode], leader: SimNode, where: str = "") -> None:
+    """A leader's commit index must be durable on a majority of its voters (``replicas``:
+    replica id -> node, of one group; ``where`` prefixes the message)."""
     rn = leader.rawnode
     assert rn is not None
     r = rn.raft
@@ -115,34 +117,36 @@ def check_quorum_durable(g: SimGroup, leader: SimNode) -> None:
         return
     durable = 0
     for v in r.voters:
-        node = g.replicas.get(v)
+        node = replicas.get(v)
         if node is None:
             continue
         try:
             durable += node.storage.term(c) == term
         except CompactedError:
-            durable += 1
+            durable += 1  # compacted after applying: it had it
         except LogUnavailable:
             pass
     if durable * 2 <= len(r.voters):
         raise SafetyViolation(
             "commit without quorum",
-            f"group {g.gid}: leader {leader.id} committed index {c} but only {durable} "
-            f"of voters {sorted(r.voters)} hold it durably",
+            f"{where}leader {leader.id} of term {r.term} committed index {c} (term {term}) "
+            f"but only {durable} of voters {sorted(r.voters)} hold it durably",
         )
 
 
-def final_state_check(g: SimGroup) -> None:
+def final_state_check(
+    replicas: Mapping[int, SimNode], retired: Collection[int], where: str = ""
+) -> None:
     """Every live replica at the same applied index holds the same data."""
     seen: dict[int, tuple[int, tuple[tuple[str, int], ...]]] = {}
-    for rid, n in sorted(g.replicas.items()):
-        if n.rawnode is None or rid in g.retired:
+    for rid, n in sorted(replicas.items()):
+        if n.rawnode is None or rid in retired:
             continue
         d = n.sm.digest()
         first = seen.setdefault(n.applied, (rid, d))
         if first[1] != d:
             raise SafetyViolation(
                 "state-machine safety",
-                f"group {g.gid}: replicas {first[0]} and {rid} applied up to {n.applied} "
+                f"{where}replicas {first[0]} and {rid} applied up to {n.applied} "
                 f"but hold different data",
             )

@@ -210,7 +210,9 @@ class MultiCluster:
             on_apply=lambda a: self._on_apply(g, a),
             on_read=lambda rid, ctx, sm: g.workload.on_read(self.now, rid, ctx, sm),
             on_removed=lambda rid: self.retire(g, rid),
-            on_leader_commit=lambda node: check_quorum_durable(g, node),
+            on_leader_commit=lambda node: check_quorum_durable(
+                g.replicas, node, f"group {g.gid}: "
+            ),
         )
 
     def add_replica(
@@ -331,11 +333,7 @@ class MultiCluster:
             host = rng.choice(self.hosts)
             others = [h for h in self.hosts if h != host]
             until = self.now + rng.randint(3, 25) * TICK
-            for other in rng.sample(others, rng.randint(1, len(others))):
-                if rng.random() < 0.5:
-                    self.network.clog(host, other, until)
-                else:
-                    self.network.clog(other, host, until)
+            self.network.clog_some(rng, host, others, until)
 
     def _crash_host(self, host: int) -> None:
         self.down.add(host)
@@ -445,11 +443,8 @@ class MultiCluster:
 
     def _heal_all(self) -> None:
         self.phase = "liveness"
-        self.network.heal()
-        self.network.unclog()
+        self.network.calm()
         self.partition_gen += 1
-        c = self.network.config
-        c.drop = c.duplicate = c.slow = 0.0
         for h in sorted(self.down):
             self._restart_host(h)
         self.heal_time = self.now
@@ -533,7 +528,7 @@ class MultiCluster:
             for g in self.groups.values():
                 g.workload.stop()
                 g.workload.give_up_all(self.now)
-                final_state_check(g)
+                final_state_check(g.replicas, g.retired, f"group {g.gid}: ")
                 hist = g.workload.history()
                 chk = check_history(hist, max_steps=cfg.check_steps)
                 res.checks.append(f"group {g.gid}: {chk.verdict.value}, {len(hist)} ops")
