@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from tidekv.sim.multigroup import MultiCluster, MultiConfig, MultiResult
-from tidekv.sim.runner import percentiles, run_each
+from tidekv.sim.runner import SeedReport, percentiles, run_each
 
 __all__ = ["MultiReport", "run_multi", "run_multi_seeds"]
 
 
 @dataclass(slots=True)
-class MultiReport:
-    results: list[MultiResult] = field(default_factory=list)
-
-    @property
-    def failures(self) -> list[MultiResult]:
-        return [r for r in self.results if not r.ok]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
+class MultiReport(SeedReport[MultiResult]):
     def summary(self) -> str:
         rs = self.results
         total: dict[str, int] = {}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TextIO, TypeVar
+from typing import Any, Generic, Protocol, TextIO, TypeVar
 
 from tidekv.sim.cluster import Cluster, SimConfig, SimResult
 
-__all__ = ["Report", "parse_seeds", "percentiles", "run_each", "run_one", "run_seeds"]
+__all__ = ["Report", "SeedReport", "parse_seeds", "percentiles", "run_each", "run_one", "run_seeds"]
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -53,18 +53,35 @@ def run_one(seed: int, **options: Any) -> SimResult:
     return Cluster(SimConfig(seed=seed, **options)).run()
 
 
-@dataclass(slots=True)
-class Report:
-    results: list[SimResult] = field(default_factory=list)
+class _Result(Protocol):
+    ok: bool
+    rule: str | None
+    violation: str | None
 
     @property
-    def failures(self) -> list[SimResult]:
+    def replay(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Result)
+
+
+@dataclass(slots=True)
+class SeedReport(Generic[R]):
+    """The results of many seeds (of either simulator) and which of them failed."""
+
+    results: list[R] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[R]:
         return [r for r in self.results if not r.ok]
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
+
+@dataclass(slots=True)
+class Report(SeedReport[SimResult]):
     def summary(self) -> str:
         rs = self.results
         elections = [x for r in rs for x in r.election_ticks]
@@ -86,18 +103,6 @@ class Report:
             *notes,
         ]
         return "\n".join(lines)
-
-
-class _Result(Protocol):
-    ok: bool
-    rule: str | None
-    violation: str | None
-
-    @property
-    def replay(self) -> str: ...
-
-
-R = TypeVar("R", bound=_Result)
 
 
 def run_each(
