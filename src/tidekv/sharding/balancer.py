@@ -46,6 +46,8 @@ class LeaderBalancer:
     inflight: dict[int, tuple[Transfer, int]] = field(default_factory=dict)
     #: shard -> when a transfer was last issued for it
     last: dict[int, int] = field(default_factory=dict)
+    #: the rest of the current plan, not issued yet
+    queue: list[Transfer] = field(default_factory=list)
 
     def plan(self, state: ClusterState) -> list[Transfer]:
         """Every transfer that would balance the leaders now (none issued)."""
@@ -63,6 +65,18 @@ class LeaderBalancer:
     def settled(self, state: ClusterState) -> bool:
         return not self.inflight and not self.plan(state)
 
+    def _stale(self, t: Transfer, state: ClusterState) -> bool:
+        seen = state.leaders.get(t.shard)
+        sh = state.shard_map.get(t.shard)
+        return (
+            seen is None
+            or seen.node != t.frm
+            or sh is None
+            or sh.moving
+            or t.to not in sh.voters
+            or t.to in state.down()
+        )
+
     def poll(self, now: int, state: ClusterState) -> list[Transfer]:
         """The transfers to issue now (each one is then in flight)."""
         cfg = self.config
@@ -70,14 +84,19 @@ class LeaderBalancer:
             seen = state.leaders.get(s)
             if (seen is not None and seen.node == t.to) or now - at >= cfg.timeout:
                 del self.inflight[s]
+        # follow one plan to its end (re-planning after every transfer would take other
+        # paths and more transfers); plan again once it is done or the cluster changed
+        if not self.queue or any(self._stale(t, state) for t in self.queue):
+            self.queue = self.plan(state)
         budget = cfg.max_concurrent - len(self.inflight)
         out: list[Transfer] = []
-        for t in self.plan(state):
+        for t in list(self.queue):
             if budget <= 0:
                 break
             last = self.last.get(t.shard)
             if last is not None and now - last < cfg.cooldown:
                 continue
+            self.queue.remove(t)
             self.inflight[t.shard] = (t, now)
             self.last[t.shard] = now
             out.append(t)
