@@ -293,3 +293,22 @@ def test_whole_moves_under_adversity_keep_the_plan_rules_and_finish(
     assert not toy.learners
     # every replica out of the group was shut down, and none of the group's was
     assert not (toy.voters & toy.stopped)
+
+
+def test_rule2_a_deposed_leader_behind_proves_nothing_absent() -> None:
+    """Seed 15 of the ring run: the leader of term 4 added learner 7 and crashed; the
+    deposed leader of term 3, which never heard of 7, was the highest-term live leader.
+    Its settled configuration lacks 7, but that proves no removal."""
+    book = _book({1: 1, 2: 2, 3: 3, 7: 9})
+    new = GroupView(3, frozenset({1, 2, 3}), frozenset({7}), 47, 47, 47, {}, term=4)
+    book.observe(new)
+    old = GroupView(2, frozenset({1, 2, 3}), frozenset(), 45, 45, 35, {}, term=3)
+    assert not [a for a in reconcile(0, ShardState([1, 2, 3], [9]), old, book)
+                if isinstance(a, ShutDown)]  # fmt: skip
+    rec = _record([1, 2, 3], [Step(StepKind.REMOVE_LEARNER, 9)])
+    assert isinstance(next_step(0, rec, old, book), Wait)
+    book.shut_down.add(3)
+    assert remove_zombie(old, book) is None
+    # the current leader's view does prove it
+    newer = GroupView(3, frozenset({1, 2, 3}), frozenset(), 48, 48, 48, {}, term=4)
+    assert next_step(0, rec, newer, book) == ReportStepDone(rec_done(0), (7,))

@@ -29,7 +29,8 @@ The rules the simulator taught (docs/sharding.md):
 1. the group's configuration is the truth: a step already true is reported done without
    proposing anything, and a record that differs from the group gets ``ConfSeen``;
 2. absence proves a removal only when no conf change is pending at the leader
-   (``pending_conf_index <= applied``);
+   (``pending_conf_index <= applied``), and only in a view at least as new as any seen
+   (a deposed leader, behind, would "prove" a later member away: the simulator found it);
 3. a replica id that was ever in a configuration, or whose removal was proposed, or that
    was shut down, is dead for good: every add gets a fresh id (:class:`AllocateReplica`),
    and only a *current learner* is promoted;
@@ -83,6 +84,8 @@ class GroupView:
     pending_conf_index: int
     #: the leader's match index of each replica it tracks
     match: Mapping[int, int] = field(default_factory=dict)
+    #: the leader's term (0: unknown; then every view counts as current)
+    term: int = 0
 
     @property
     def members(self) -> frozenset[int]:
@@ -108,6 +111,8 @@ class ReplicaBook:
     ever_member: set[int] = field(default_factory=set)
     removal_proposed: set[int] = field(default_factory=set)
     next_id: int = 1
+    #: the newest (term, applied) of a view observed: an older view is a deposed leader's
+    newest: tuple[int, int] = (0, 0)
 
     def allocate(self, node: int, replica: int | None = None) -> int:
         """Record a new replica on ``node`` (a fresh id unless the caller names one)."""
@@ -118,6 +123,13 @@ class ReplicaBook:
 
     def observe(self, view: GroupView) -> None:
         self.ever_member |= view.members
+        self.newest = max(self.newest, (view.term, view.applied))
+
+    def proves_absence(self, view: GroupView) -> bool:
+        """May a replica's absence from ``view`` be taken as its removal? Only with no
+        conf change pending (rule 2) and from a view at least as new as any seen: a
+        deposed leader that has not heard of a later add would "prove" a member away."""
+        return view.settled and (view.term, view.applied) >= self.newest
 
     def dead(self, rid: int, view: GroupView) -> bool:
         """Never to be proposed as an addition again (rule 3)."""
@@ -216,8 +228,9 @@ Action: TypeAlias = (
 def remove_zombie(view: GroupView, book: ReplicaBook) -> ProposeConf | None:
     """Rule 4: a member whose replica was shut down can never catch up; remove it first.
     Only on a settled configuration (a removal the leader has not applied is no zombie)."""
-    if not view.settled:
+    if not book.proves_absence(view):
         return None
+    book.observe(view)
     zombies = sorted(view.members & book.shut_down)
     return ProposeConf(ConfKind.REMOVE, zombies[0]) if zombies else None
 
@@ -237,6 +250,7 @@ def next_step(
     the group already (rule 1); the caller then reports it and asks again."""
     if not record.moving or record.blocked or record.next_step >= len(record.steps):
         return Wait("no move" if not record.moving else record.blocked or "no step")
+    current = book.proves_absence(view)  # judged before this view counts as seen
     book.observe(view)
     idx = record.next_step
     step = record.steps[idx]
@@ -279,8 +293,8 @@ def next_step(
         return Wait("no live voter to lead")
     # REMOVE_VOTER / REMOVE_LEARNER. Rule 2: absence is proof only when no membership
     # change is pending (an add still in the log may commit after we looked).
-    if not view.settled:
-        return Wait("a conf change is pending")
+    if not current:
+        return Wait("a conf change is pending, or this leader is behind")
     if old is None or old not in members:
         return ReportStepDone(done.command, () if old is None else (old,))
     if view.leader == old:
@@ -295,9 +309,10 @@ def reconcile(
 ) -> list[ShutDown | ReportConfSeen]:
     """After the steps: shut down replicas out of a settled configuration, and report the
     configuration (as nodes) when it differs from the record (rule 1)."""
+    current = book.proves_absence(view)
     book.observe(view)
     out: list[ShutDown | ReportConfSeen] = []
-    if view.settled:
+    if current:
         for rid in sorted(book.ever_member - view.members - book.shut_down):
             out.append(ShutDown(rid, book.node_of[rid]))
     voters = sorted(book.node_of[v] for v in view.voters)

@@ -81,6 +81,7 @@ def view_of(ld: SimNode) -> GroupView:
         applied=r.log.applied,
         pending_conf_index=r.pending_conf_index,
         match={rid: pr.match for rid, pr in r.prs.items()},
+        term=r.term,
     )
 
 
