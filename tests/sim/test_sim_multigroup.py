@@ -133,13 +133,12 @@ def test_ring_driven_moves_reach_the_ring_placement() -> None:
     # with the executor's rules no member lost its replica in these seeds (one did in the
     # 300-seed run, docs/sharding.md: the executor removed it)
     assert sum(r.counts.get("zombies", 0) for r in results) == 0
-    # liveness came from the failure detector (heartbeats), and every crash it saw it
-    # also saw recover; leaders were balanced: each run ends with no balancing transfer
-    # left (checked inside the run) and the most leaders on a node at 2 for 8 shards
+    # liveness came from the failure detector (heartbeats); leaders were balanced: each
+    # run ends with the leaders seen equal to the real ones and no balancing transfer
+    # left (both checked inside the run: balance_leaders finds no better assignment)
     assert total_of(results, "marked_down") > len(results)
     assert total_of(results, "marked_up") > len(results) // 2
     assert total_of(results, "leader_transfers") > len(results)
-    assert all(r.counts["leaders_most"] <= 2 for r in results)
 
 
 def test_ring_mode_replays() -> None:
