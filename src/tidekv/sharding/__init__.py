@@ -4,7 +4,9 @@ No I/O, no clocks, no global randomness (tests/sharding/test_purity.py). Modules
 ``keys`` (the stable key hash and Redis Cluster's hash-tag rule), ``ring`` (consistent-hash
 placement with virtual nodes), ``movement`` (safe membership-change plans per shard),
 ``leaders`` (leader balancing), ``metadata`` (the replicated cluster state machine),
-``scatter`` (merged listings, the per-shard watch cursor, the feed interleaver).
+``executor`` (the move executor's decisions), ``liveness`` (the failure detector),
+``balancer`` (when to issue which leadership transfers), ``scatter`` (merged listings, the
+per-shard watch cursor, the feed interleaver), ``replicas`` (replica ids).
 See docs/sharding.md.
 """
 

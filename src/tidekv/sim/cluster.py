@@ -29,12 +29,10 @@ from dataclasses import dataclass, field
 
 from tidekv.check import Verdict, check_history
 from tidekv.raft import (
-    CompactedError,
     ConfChange,
     ConfChangeType,
     ConfState,
     HardState,
-    LogUnavailable,
     MemoryStorage,
     Message,
     MessageType,
@@ -45,6 +43,7 @@ from tidekv.raft import (
     SnapshotMeta,
 )
 from tidekv.sim.faults import FaultConfig, gate
+from tidekv.sim.groups import check_quorum_durable, final_state_check
 from tidekv.sim.invariants import Invariants, SafetyViolation
 from tidekv.sim.network import NetConfig, Network
 from tidekv.sim.node import Applied, Hooks, NodeOptions, SimNode
@@ -210,7 +209,7 @@ class Cluster:
             on_apply=self._on_apply,
             on_read=lambda nid, ctx, sm: self._on_read(nid, ctx, sm),
             on_removed=self._on_removed,
-            on_leader_commit=self._check_quorum_durable,
+            on_leader_commit=lambda node: check_quorum_durable(self.nodes, node),
         )
 
     def _add_node(self, nid: int, conf: ConfState, *, bootstrap: bool = False) -> SimNode:
@@ -303,34 +302,6 @@ class Cluster:
         self.retired.add(nid)
         self._trace(f"{self.now}|retire|{nid};")
 
-    def _check_quorum_durable(self, leader: SimNode) -> None:
-        """A leader's commit index must be durable on a majority of its voters."""
-        rn = leader.rawnode
-        assert rn is not None
-        r = rn.raft
-        c = r.log.committed
-        term = r.log.term(c)
-        if term is None:
-            return
-        durable = 0
-        for v in r.voters:
-            st = self.nodes[v].storage if v in self.nodes else None
-            if st is None:
-                continue
-            try:
-                if st.term(c) == term:
-                    durable += 1
-            except CompactedError:
-                durable += 1  # compacted after applying: it had it
-            except LogUnavailable:
-                pass
-        if durable * 2 <= len(r.voters):
-            raise SafetyViolation(
-                "commit without quorum",
-                f"leader {leader.id} of term {r.term} committed index {c} (term {term}) "
-                f"but only {durable} of voters {sorted(r.voters)} hold it durably",
-            )
-
     # -- faults ---------------------------------------------------------------------------
 
     def _leader(self) -> SimNode | None:
@@ -400,11 +371,7 @@ class Cluster:
             node = rng.choice(members)
             others = [m for m in members if m != node]
             until = self.now + rng.randint(3, 25) * TICK
-            for other in rng.sample(others, rng.randint(1, len(others))):
-                if rng.random() < 0.5:
-                    self.network.clog(node, other, until)
-                else:
-                    self.network.clog(other, node, until)
+            self.network.clog_some(rng, node, others, until)
         elif act == "clogged_transfer":
             # a transfer whose TimeoutNow is held up on its way to the target
             ld = self._leader()
@@ -582,11 +549,8 @@ class Cluster:
 
     def _heal_all(self) -> None:
         self.phase = "liveness"
-        self.network.heal()
-        self.network.unclog()
+        self.network.calm()
         self.partition_gen += 1
-        cfg = self.network.config
-        cfg.drop = cfg.duplicate = cfg.slow = 0.0
         for nid in sorted(self.nodes):
             node = self.nodes[nid]
             if not node.up and nid not in self.retired:
@@ -685,7 +649,7 @@ class Cluster:
             assert self.probe_done is not None
             res.liveness_election_ticks = (self.stable_leader_at - self.heal_time) / TICK
             res.liveness_commit_ticks = (self.probe_done - self.probe_sent) / TICK
-            self._final_state_check()
+            final_state_check(self.nodes, self.retired)
             hist = self.workload.history()
             chk = check_history(hist, max_steps=cfg.check_steps)
             res.check = f"{chk.verdict.value}, {len(hist)} ops, {chk.states_explored} steps"
@@ -740,18 +704,3 @@ class Cluster:
                     f"{p.inflight} active {p.recent_active} pending_snap {p.pending_snapshot}"
                 )
         return "\n".join(lines)
-
-    def _final_state_check(self) -> None:
-        """Every live member at the same applied index has the same state machine."""
-        by_index: dict[int, tuple[int, tuple[tuple[str, int], ...]]] = {}
-        for nid, n in sorted(self.nodes.items()):
-            if n.rawnode is None or nid in self.retired:
-                continue
-            d = n.sm.digest()
-            seen = by_index.setdefault(n.applied, (nid, d))
-            if seen[1] != d:
-                raise SafetyViolation(
-                    "state-machine safety",
-                    f"nodes {seen[0]} and {nid} both applied up to {n.applied} but hold "
-                    f"different data",
-                )

@@ -9,9 +9,11 @@ of its voters; live replicas at the same applied index hold the same data.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from tidekv.raft import CompactedError, LogUnavailable, Message, Role
+from tidekv.sharding.executor import ReplicaBook
 from tidekv.sharding.movement import Step
 from tidekv.sim.invariants import Invariants, SafetyViolation
 from tidekv.sim.node import SimNode
@@ -43,9 +45,9 @@ class Move:
     steps: list[Step]
     started: int
     next: int = 0
-    #: host -> the replica id created for it by this move
-    rids: dict[int, int] = field(default_factory=dict)
     last_try: int = -(10**9)
+    #: the replica set moved to (random moves; a ring move's is in its record)
+    target: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -54,13 +56,9 @@ class SimGroup:
     inv: Invariants
     workload: Workload
     replicas: dict[int, SimNode] = field(default_factory=dict)
-    host_of: dict[int, int] = field(default_factory=dict)
-    retired: set[int] = field(default_factory=set)
-    #: replica ids seen in a leader's configuration: once out of it, dead for good
-    was_member: set[int] = field(default_factory=set)
-    #: replica ids whose removal was ever proposed: never to be added again
-    removal_proposed: set[int] = field(default_factory=set)
-    next_rid: int = 1
+    #: the executor's memory of the group's replicas: replica id -> host, the retired
+    #: (shut down) ones, the ids ever in a configuration, the removals proposed
+    book: ReplicaBook = field(default_factory=ReplicaBook)
     move: Move | None = None
     probe_seq: int = 0
     probe_sent: int | None = None
@@ -70,11 +68,13 @@ class SimGroup:
     converged: bool = False
     why: str = ""
 
-    def live_rid_on(self, host: int) -> int | None:
-        for rid, h in self.host_of.items():
-            if h == host and rid not in self.retired:
-                return rid
-        return None
+    @property
+    def host_of(self) -> dict[int, int]:
+        return self.book.node_of
+
+    @property
+    def retired(self) -> set[int]:
+        return self.book.shut_down
 
 
 def leader_of(g: SimGroup) -> SimNode | None:
@@ -105,8 +105,9 @@ def stable_leader(g: SimGroup) -> SimNode | None:
     return ld
 
 
-def check_quorum_durable(g: SimGroup, leader: SimNode) -> None:
-    """A leader's commit index must be durable on a majority of its voters."""
+def check_quorum_durable(replicas: Mapping[int, SimNode], leader: SimNode, where: str = "") -> None:
+    """A leader's commit index must be durable on a majority of its voters (``replicas``:
+    replica id -> node, of one group; ``where`` prefixes the message)."""
     rn = leader.rawnode
     assert rn is not None
     r = rn.raft
@@ -116,34 +117,36 @@ def check_quorum_durable(g: SimGroup, leader: SimNode) -> None:
         return
     durable = 0
     for v in r.voters:
-        node = g.replicas.get(v)
+        node = replicas.get(v)
         if node is None:
             continue
         try:
             durable += node.storage.term(c) == term
         except CompactedError:
-            durable += 1
+            durable += 1  # compacted after applying: it had it
         except LogUnavailable:
             pass
     if durable * 2 <= len(r.voters):
         raise SafetyViolation(
             "commit without quorum",
-            f"group {g.gid}: leader {leader.id} committed index {c} but only {durable} "
-            f"of voters {sorted(r.voters)} hold it durably",
+            f"{where}leader {leader.id} of term {r.term} committed index {c} (term {term}) "
+            f"but only {durable} of voters {sorted(r.voters)} hold it durably",
         )
 
 
-def final_state_check(g: SimGroup) -> None:
+def final_state_check(
+    replicas: Mapping[int, SimNode], retired: Collection[int], where: str = ""
+) -> None:
     """Every live replica at the same applied index holds the same data."""
     seen: dict[int, tuple[int, tuple[tuple[str, int], ...]]] = {}
-    for rid, n in sorted(g.replicas.items()):
-        if n.rawnode is None or rid in g.retired:
+    for rid, n in sorted(replicas.items()):
+        if n.rawnode is None or rid in retired:
             continue
         d = n.sm.digest()
         first = seen.setdefault(n.applied, (rid, d))
         if first[1] != d:
             raise SafetyViolation(
                 "state-machine safety",
-                f"group {g.gid}: replicas {first[0]} and {rid} applied up to {n.applied} "
+                f"{where}replicas {first[0]} and {rid} applied up to {n.applied} "
                 f"but hold different data",
             )

@@ -1,21 +1,32 @@
-"""The executor of shard moves in the multi-group simulator: what the node's will do.
+"""The move executor's driver in the multi-group simulator: what the node's will do.
 
-:func:`start_move` picks a group and a replica to replace (usually one on a crashed host:
-re-replication) and plans the move with :func:`tidekv.sharding.movement.plan_shard`;
-:func:`advance_moves` then does, or confirms, one step after another through the group's
-leader: propose the conf change and see it in the leader's configuration, wait until the
-learner's match index reaches the commit index, move leadership away from a replica that
-is to be removed (also when it became leader again after the plan was made), and shut a
-removed replica down once it is out of the committed configuration.
+The decisions are the pure :mod:`tidekv.sharding.executor`'s (the node calls the same
+functions); this module only does what it says through the group's leader, paced (a
+conf change or transfer is proposed at most every 3 ticks). :func:`start_move` picks a
+group and a replica to replace (usually one on a crashed host: re-replication) and plans
+the move with :func:`tidekv.sharding.movement.plan_shard`; :func:`advance_moves` then
+does, or confirms, one step after another (:func:`try_step`).
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tidekv.raft import ConfChange, ConfChangeType, ConfState, ProposalDropped
-from tidekv.sharding.movement import NoQuorum, StepKind, plan_shard
+from tidekv.sharding.executor import (
+    AllocateReplica,
+    ConfKind,
+    GroupView,
+    ProposeConf,
+    ReplicaBook,
+    ReportStepDone,
+    TransferLeader,
+    next_step,
+)
+from tidekv.sharding.metadata import ShardState
+from tidekv.sharding.movement import NoQuorum, plan_shard
 from tidekv.sim.cluster import TICK
 from tidekv.sim.groups import Move, SimGroup, leader_of
 from tidekv.sim.node import SimNode
@@ -23,7 +34,16 @@ from tidekv.sim.node import SimNode
 if TYPE_CHECKING:
     from tidekv.sim.multigroup import MultiCluster
 
-__all__ = ["advance_moves", "start_move", "try_step"]
+__all__ = ["ReusingBook", "advance_moves", "propose_conf", "start_move", "try_step", "view_of"]
+
+RETRY = 3 * TICK
+"""How long the driver waits before proposing a conf change or a transfer again."""
+
+_CC = {
+    ConfKind.ADD_LEARNER: ConfChangeType.ADD_LEARNER,
+    ConfKind.ADD_VOTER: ConfChangeType.ADD_VOTER,
+    ConfKind.REMOVE: ConfChangeType.REMOVE_NODE,
+}
 
 
 def members(g: SimGroup, ld: SimNode) -> tuple[list[int], list[int]]:
@@ -31,6 +51,49 @@ def members(g: SimGroup, ld: SimNode) -> tuple[list[int], list[int]]:
     assert ld.rawnode is not None
     r = ld.rawnode.raft
     return sorted(g.host_of[v] for v in r.voters), sorted(g.host_of[n] for n in r.learners)
+
+
+@dataclass(slots=True)
+class ReusingBook(ReplicaBook):
+    """Broken on purpose (``MultiConfig.reuse_replica_ids``): rule 3 is off. A host that
+    re-joins a group comes back under its old, retired id (as if Raft ids were node
+    ids), and the replica a move created for a host stands for it whatever became of it."""
+
+    #: host -> the replica id the current move created for it
+    chosen: dict[int, int] = field(default_factory=dict)
+
+    def dead(self, rid: int, view: GroupView) -> bool:
+        return False
+
+    def replica_on(self, node: int, view: GroupView, *, adding: bool = False) -> int | None:
+        return self.chosen.get(node)
+
+
+def view_of(ld: SimNode) -> GroupView:
+    """The executor's view of a group: its leader's Raft state."""
+    assert ld.rawnode is not None
+    r = ld.rawnode.raft
+    return GroupView(
+        leader=ld.id,
+        voters=frozenset(r.voters),
+        learners=frozenset(r.learners),
+        commit=r.log.committed,
+        applied=r.log.applied,
+        pending_conf_index=r.pending_conf_index,
+        match={rid: pr.match for rid, pr in r.prs.items()},
+        term=r.term,
+    )
+
+
+def propose_conf(mc: MultiCluster, g: SimGroup, ld: SimNode, act: ProposeConf) -> None:
+    assert ld.rawnode is not None
+    if act.kind is ConfKind.REMOVE:
+        g.book.removal_proposed.add(act.replica)
+    try:
+        ld.rawnode.propose_conf_change(ConfChange(_CC[act.kind], act.replica))
+    except ProposalDropped:
+        return
+    ld.pump(mc.now)
 
 
 def start_move(mc: MultiCluster, rng: random.Random) -> None:
@@ -54,7 +117,9 @@ def start_move(mc: MultiCluster, rng: random.Random) -> None:
         steps = plan_shard(voters, target, leader=g.host_of[ld.id], down=mc.down)
     except NoQuorum:
         return
-    g.move = Move(steps, mc.now)
+    g.move = Move(steps, mc.now, target=target)
+    if isinstance(g.book, ReusingBook):
+        g.book.chosen.clear()
     mc.moves_started += 1
     mc.trace(f"{mc.now}|move|{g.gid}|{voters}->{target};")
 
@@ -71,95 +136,42 @@ def advance_moves(mc: MultiCluster) -> None:
                 g.move = mv = None
 
 
-def try_step(mc: MultiCluster, g: SimGroup, mv: Move) -> bool:
-    """Try to do or confirm the next step; True once it is done."""
+def try_step(mc: MultiCluster, g: SimGroup, mv: Move, record: ShardState | None = None) -> bool:
+    """Do or confirm the next step (of ``record``, else of ``mv``); True once it is done."""
     ld = leader_of(g)
     if ld is None or ld.rawnode is None:
         return False
-    rn = ld.rawnode
-    r = rn.raft
-    step = mv.steps[mv.next]
-    k, host = step.kind, step.node
-    retry = mc.now - mv.last_try >= 3 * TICK
-
-    def propose(cc: ConfChange) -> None:
-        if retry:
-            mv.last_try = mc.now
-            try:
-                rn.propose_conf_change(cc)
-            except ProposalDropped:
-                return
-            ld.pump(mc.now)
-
-    if k is StepKind.ADD_LEARNER:
-        rid = mv.rids.get(host)
-        members = r.voters | r.learners
-        g.was_member |= members
-        gone = rid is not None and (
-            rid in g.retired or (rid in g.was_member and rid not in members)
-        )
-        if gone and not mc.cfg.reuse_replica_ids:
-            # that incarnation was removed (maybe not shut down yet): never add its id again
-            rid = None
-        if rid is not None and (rid in r.learners or rid in r.voters):
-            return True
-        if host in mc.down:
-            return False
-        if rid is None:
-            old_rids = [x for x, h in g.host_of.items() if h == host and x in g.retired]
-            if mc.cfg.reuse_replica_ids and old_rids:
-                rid = max(old_rids)
-                g.retired.discard(rid)
-            else:
-                rid = g.next_rid
-                g.next_rid += 1
-            mv.rids[host] = rid
-            # the new replica starts empty and waits for the leader (snapshot first)
-            mc.add_replica(g, rid, host, ConfState())
-        propose(ConfChange(ConfChangeType.ADD_LEARNER, rid))
-        return False
-    if k is StepKind.CATCH_UP:
-        rid = mv.rids.get(host)
-        pr = r.prs.get(rid) if rid is not None else None
-        return pr is not None and pr.match >= r.log.committed
-    if k is StepKind.PROMOTE:
-        rid = mv.rids.get(host)
-        if rid is not None and rid in r.voters:
-            return True
-        if rid is None or rid not in r.learners:
-            # only a current learner is promoted: ADD_VOTER of anything else would add a
-            # voter with no log, or bring back a removed incarnation (the record is stale;
-            # ConfSeen re-plans)
-            return False
-        propose(ConfChange(ConfChangeType.ADD_VOTER, rid))
-        return False
-    old = g.live_rid_on(host)
-    if k is StepKind.TRANSFER_LEADER:
-        if old is None or ld.id != old:
-            return True
-        heirs = [v for v in sorted(r.voters) if v != old and g.host_of[v] not in mc.down]
-        prefer = [v for v in heirs if g.host_of[v] == step.to]
-        if retry and heirs:
-            mv.last_try = mc.now
-            rn.transfer_leader((prefer or heirs)[0])
-            ld.pump(mc.now)
-        return False
-    # REMOVE_VOTER / REMOVE_LEARNER. Absence is proof only when no membership change is
-    # pending: an add still in the log (this leader's, or one it inherited) may commit
-    # after we looked, and the replica must not be shut down under it.
-    if r.pending_conf_index > r.log.applied:
-        return False
-    if old is None or (old not in r.voters and old not in r.learners):
-        if old is not None:
-            mc.retire(g, old)  # out of the committed configuration: shut it down
+    if record is None:
+        record = ShardState([], target=mv.target, steps=mv.steps, next_step=mv.next)
+    act = next_step(g.gid, record, view_of(ld), g.book, mc.down)
+    if isinstance(act, AllocateReplica):
+        allocate(mc, g, act.node)
+        act = next_step(g.gid, record, view_of(ld), g.book, mc.down)
+    if isinstance(act, ReportStepDone):
+        for rid in act.shut_down:
+            mc.retire(g, rid)  # out of the committed configuration: shut it down
         return True
-    if ld.id == old:
-        # it leads again (elected after the plan was made): move leadership away first
-        heirs = [v for v in sorted(r.voters) if v != old and g.host_of[v] not in mc.down]
-        if retry and heirs:
-            mv.last_try = mc.now
-            rn.transfer_leader(heirs[0])
-            ld.pump(mc.now)
+    if mc.now - mv.last_try < RETRY:
         return False
-    propose(ConfChange(ConfChangeType.REMOVE_NODE, old))
+    if isinstance(act, ProposeConf):
+        mv.last_try = mc.now
+        propose_conf(mc, g, ld, act)
+    elif isinstance(act, TransferLeader):
+        mv.last_try = mc.now
+        ld.rawnode.transfer_leader(act.to)
+        ld.pump(mc.now)
     return False
+
+
+def allocate(mc: MultiCluster, g: SimGroup, host: int) -> None:
+    """A new, empty replica on ``host`` that waits for the leader (a snapshot first)."""
+    book = g.book
+    old = [x for x, h in book.node_of.items() if h == host and x in book.shut_down]
+    if isinstance(book, ReusingBook) and old:
+        rid = max(old)  # broken on purpose: the old incarnation's id comes back
+        book.shut_down.discard(rid)
+    else:
+        rid = book.allocate(host)
+    if isinstance(book, ReusingBook):
+        book.chosen[host] = rid
+    mc.add_replica(g, rid, host, ConfState())

@@ -55,7 +55,7 @@ from tidekv.sim.groups import (
     stable_leader,
 )
 from tidekv.sim.invariants import Invariants, SafetyViolation
-from tidekv.sim.mover import advance_moves, start_move
+from tidekv.sim.mover import ReusingBook, advance_moves, start_move
 from tidekv.sim.network import NetConfig, Network
 from tidekv.sim.node import Applied, Hooks, NodeOptions, SimNode
 from tidekv.sim.statemachine import Command, KVStateMachine, encode_command
@@ -194,12 +194,14 @@ class MultiCluster:
         )
         wl = Workload(wl_rng, WorkloadConfig(clients=self.cfg.clients, keys=self.cfg.keys), gw)
         g = SimGroup(gid, Invariants(), wl)
+        if self.cfg.reuse_replica_ids:
+            g.book = ReusingBook()
         box.append(g)
         self.groups[gid] = g
         voters = frozenset(range(1, len(hosts) + 1))
         for rid, host in zip(sorted(voters), hosts, strict=True):
             self.add_replica(g, rid, host, ConfState(voters=voters), bootstrap=True)
-        g.next_rid = len(hosts) + 1
+        g.book.next_id = len(hosts) + 1
 
     def _hooks(self, g: SimGroup) -> Hooks:
         return Hooks(
@@ -208,7 +210,9 @@ class MultiCluster:
             on_apply=lambda a: self._on_apply(g, a),
             on_read=lambda rid, ctx, sm: g.workload.on_read(self.now, rid, ctx, sm),
             on_removed=lambda rid: self.retire(g, rid),
-            on_leader_commit=lambda node: check_quorum_durable(g, node),
+            on_leader_commit=lambda node: check_quorum_durable(
+                g.replicas, node, f"group {g.gid}: "
+            ),
         )
 
     def add_replica(
@@ -329,17 +333,11 @@ class MultiCluster:
             host = rng.choice(self.hosts)
             others = [h for h in self.hosts if h != host]
             until = self.now + rng.randint(3, 25) * TICK
-            for other in rng.sample(others, rng.randint(1, len(others))):
-                if rng.random() < 0.5:
-                    self.network.clog(host, other, until)
-                else:
-                    self.network.clog(other, host, until)
+            self.network.clog_some(rng, host, others, until)
 
     def _crash_host(self, host: int) -> None:
         self.down.add(host)
         self.trace(f"{self.now}|crash|{host};")
-        if self.control is not None:
-            self.control.host_down(host)
         for g in self.groups.values():
             for rid, h in g.host_of.items():
                 if h == host and rid not in g.retired:
@@ -349,8 +347,6 @@ class MultiCluster:
         if host not in self.down:
             return
         self.down.discard(host)
-        if self.control is not None:
-            self.control.host_up(host)
         for g in self.groups.values():
             for rid, h in g.host_of.items():
                 if h == host and rid not in g.retired:
@@ -397,6 +393,8 @@ class MultiCluster:
         self.trace(f"{time}|{kind}|{gid}|{a}|{b};")
         g = self.groups[gid]
         if kind == "tick":
+            if a not in self.down and self.control is not None:
+                self.control.heard(a)
             if a not in self.down:
                 for grp in self.groups.values():  # one host ticks all its replicas
                     for rid, h in grp.host_of.items():
@@ -445,11 +443,8 @@ class MultiCluster:
 
     def _heal_all(self) -> None:
         self.phase = "liveness"
-        self.network.heal()
-        self.network.unclog()
+        self.network.calm()
         self.partition_gen += 1
-        c = self.network.config
-        c.drop = c.duplicate = c.slow = 0.0
         for h in sorted(self.down):
             self._restart_host(h)
         self.heal_time = self.now
@@ -533,7 +528,7 @@ class MultiCluster:
             for g in self.groups.values():
                 g.workload.stop()
                 g.workload.give_up_all(self.now)
-                final_state_check(g)
+                final_state_check(g.replicas, g.retired, f"group {g.gid}: ")
                 hist = g.workload.history()
                 chk = check_history(hist, max_steps=cfg.check_steps)
                 res.checks.append(f"group {g.gid}: {chk.verdict.value}, {len(hist)} ops")

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from tidekv.sim.multigroup import MultiCluster, MultiConfig, MultiResult
-from tidekv.sim.runner import percentiles
+from tidekv.sim.runner import SeedReport, percentiles, run_each
 
 __all__ = ["MultiReport", "run_multi", "run_multi_seeds"]
 
 
 @dataclass(slots=True)
-class MultiReport:
-    results: list[MultiResult] = field(default_factory=list)
-
-    @property
-    def failures(self) -> list[MultiResult]:
-        return [r for r in self.results if not r.ok]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
+class MultiReport(SeedReport[MultiResult]):
     def summary(self) -> str:
         rs = self.results
         total: dict[str, int] = {}
@@ -72,19 +62,20 @@ def run_multi_seeds(
     out: TextIO | None = None,
 ) -> MultiReport:
     base = config or MultiConfig()
-    rep = MultiReport()
-    for seed in seeds:
-        r = MultiCluster(dataclasses.replace(base, seed=seed)).run()
-        rep.results.append(r)
-        if out is not None:
-            if not r.ok:
-                print(f"FAIL seed {seed}: {r.rule}\n  replay: {r.replay}", file=out)
-                if verbose or len(seeds) == 1:
-                    print("  " + (r.violation or "").replace("\n", "\n  "), file=out)
-            elif verbose:
-                print(f"seed {seed} ok: {r.counts}; {r.checks}; digest {r.digest}", file=out)
-        if stop_on_failure and not r.ok:
-            break
+
+    def ok_line(r: MultiResult) -> str:
+        return f"seed {r.config.seed} ok: {r.counts}; {r.checks}; digest {r.digest}"
+
+    rep = MultiReport(
+        run_each(
+            seeds,
+            lambda seed: MultiCluster(dataclasses.replace(base, seed=seed)).run(),
+            out=out,
+            details=verbose,
+            ok_line=ok_line if verbose else None,
+            stop_on_failure=stop_on_failure,
+        )
+    )
     if out is not None:
         print(rep.summary(), file=out)
     return rep

@@ -100,6 +100,22 @@ class Network(Generic[M]):
     def unclog(self) -> None:
         self.clogged.clear()
 
+    def clog_some(self, rng: random.Random, node: int, others: list[int], until: int) -> None:
+        """Clog the links between ``node`` and a random non-empty subset of ``others``,
+        each in one random direction, until ``until`` (a fault of both simulators)."""
+        for other in rng.sample(others, rng.randint(1, len(others))):
+            if rng.random() < 0.5:
+                self.clog(node, other, until)
+            else:
+                self.clog(other, node, until)
+
+    def calm(self) -> None:
+        """The end of the faults: no partition, no clog, no drops, duplicates or delays."""
+        self.heal()
+        self.unclog()
+        c = self.config
+        c.drop = c.duplicate = c.slow = 0.0
+
     def reachable(self, frm: int, to: int) -> bool:
         return (frm, to) not in self.blocked
 

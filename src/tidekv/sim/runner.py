@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Generic, Protocol, TextIO, TypeVar
 
 from tidekv.sim.cluster import Cluster, SimConfig, SimResult
 
-__all__ = ["Report", "parse_seeds", "percentiles", "run_one", "run_seeds"]
+__all__ = ["Report", "SeedReport", "parse_seeds", "percentiles", "run_each", "run_one", "run_seeds"]
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -52,18 +53,35 @@ def run_one(seed: int, **options: Any) -> SimResult:
     return Cluster(SimConfig(seed=seed, **options)).run()
 
 
-@dataclass(slots=True)
-class Report:
-    results: list[SimResult] = field(default_factory=list)
+class _Result(Protocol):
+    ok: bool
+    rule: str | None
+    violation: str | None
 
     @property
-    def failures(self) -> list[SimResult]:
+    def replay(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Result)
+
+
+@dataclass(slots=True)
+class SeedReport(Generic[R]):
+    """The results of many seeds (of either simulator) and which of them failed."""
+
+    results: list[R] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[R]:
         return [r for r in self.results if not r.ok]
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
+
+@dataclass(slots=True)
+class Report(SeedReport[SimResult]):
     def summary(self) -> str:
         rs = self.results
         elections = [x for r in rs for x in r.election_ticks]
@@ -87,6 +105,34 @@ class Report:
         return "\n".join(lines)
 
 
+def run_each(
+    seeds: list[int],
+    run: Callable[[int], R],
+    *,
+    out: TextIO | None,
+    details: bool,
+    ok_line: Callable[[R], str] | None = None,
+    stop_on_failure: bool = False,
+) -> list[R]:
+    """Run every seed; print each failure with its replay command (and the violation when
+    ``details`` or only one seed), and ``ok_line`` of each passing run when given. Shared
+    by the single-group and the multi-group runners."""
+    results: list[R] = []
+    for seed in seeds:
+        r = run(seed)
+        results.append(r)
+        if out is not None:
+            if not r.ok:
+                print(f"FAIL seed {seed}: {r.rule}\n  replay: {r.replay}", file=out)
+                if details or len(seeds) == 1:
+                    print("  " + (r.violation or "").replace("\n", "\n  "), file=out)
+            elif ok_line is not None:
+                print(ok_line(r), file=out)
+        if stop_on_failure and not r.ok:
+            break
+    return results
+
+
 def run_seeds(
     seeds: list[int],
     config: SimConfig | None = None,
@@ -97,23 +143,23 @@ def run_seeds(
     out: TextIO | None = None,
 ) -> Report:
     base = config or SimConfig()
-    rep = Report()
-    for seed in seeds:
-        r = Cluster(dataclasses.replace(base, seed=seed)).run()
-        rep.results.append(r)
-        if out is not None:
-            if not r.ok:
-                print(f"FAIL seed {seed}: {r.rule}\n  replay: {r.replay}", file=out)
-                if not quiet or len(seeds) == 1:
-                    print("  " + (r.violation or "").replace("\n", "\n  "), file=out)
-            elif verbose:
-                print(
-                    f"seed {seed} ok: {r.check}; events {r.events}; counts {r.counts}; "
-                    f"lease reads {r.lease}; digest {r.digest}",
-                    file=out,
-                )
-        if stop_on_failure and not r.ok:
-            break
+
+    def ok_line(r: SimResult) -> str:
+        return (
+            f"seed {r.config.seed} ok: {r.check}; events {r.events}; counts {r.counts}; "
+            f"lease reads {r.lease}; digest {r.digest}"
+        )
+
+    rep = Report(
+        run_each(
+            seeds,
+            lambda seed: Cluster(dataclasses.replace(base, seed=seed)).run(),
+            out=out,
+            details=not quiet,
+            ok_line=ok_line if verbose else None,
+            stop_on_failure=stop_on_failure,
+        )
+    )
     if out is not None:
         print(rep.summary(), file=out)
     return rep
