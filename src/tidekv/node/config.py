@@ -114,6 +114,9 @@ class NodeConfig:
     """Compact the Raft log when this many entries were applied since the last time."""
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
+    quiesce: bool = True
+    """Idle groups stop ticking and heartbeating (docs/raft.md, "Quiescence"); the
+    environment variable TIDEKV_QUIESCE=0 turns it off too."""
 
     def me(self) -> Peer:
         return Peer.make(self.node_id, self.address, self.raft_address)

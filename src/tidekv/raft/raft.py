@@ -864,9 +864,14 @@ class Raft:
 
     def _step_follower(self, m: Message) -> None:
         t = m.type
-        if self.quiesced and not (t == MT.HEARTBEAT and m.context == QUIESCE_CONTEXT):
-            # anything but the leader's quiesce heartbeat (an append, a heartbeat, a local
-            # proposal or read, which is forwarded and wakes the leader) wakes us
+        if self.quiesced and not (
+            (t == MT.HEARTBEAT and m.context == QUIESCE_CONTEXT)
+            or t == MT.UNREACHABLE
+            or t == MT.SNAP_STATUS
+        ):
+            # anything but the leader's quiesce heartbeat or a transport report (an
+            # append, a heartbeat, a local proposal or read, which is forwarded and wakes
+            # the leader) wakes us
             self.unquiesce()
         if t == MT.APP:
             self.election_elapsed = 0
