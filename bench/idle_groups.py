@@ -62,7 +62,9 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def run_cell(root: Path, groups: int, quiesce: bool, engine: str, duration: float) -> dict[str, Any]:
+def run_cell(
+    root: Path, groups: int, quiesce: bool, engine: str, duration: float
+) -> dict[str, Any]:
     os.environ[GROUPS_ENV] = str(groups - 1)
     os.environ[QUIESCE_ENV] = "1" if quiesce else "0"
     c = cl.TideCluster(root, engine)
@@ -109,7 +111,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--groups", default="1,16,64,256", help="comma list of G")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds measured per cell")
-    ap.add_argument("--engine", default="lsm", help="(the memory engine cannot bootstrap a multi-node cluster)")
+    ap.add_argument(
+        "--engine", default="lsm", help="(the memory engine cannot bootstrap a multi-node cluster)"
+    )
     args = ap.parse_args()
     sizes = [int(x) for x in args.groups.split(",") if x.strip()]
     if not sizes or min(sizes) < 1:

@@ -199,7 +199,7 @@ class Node:
         ticked = False
         for rep in self.replicas.values():
             raw = rep.raw
-            if not raw.quiesced:  # a quiesced group's tick does nothing: skip the call
+            if not raw.raft.quiesced:  # a quiesced group's tick does nothing: skip it
                 raw.tick()
                 ticked = True
         self._ticks += 1
