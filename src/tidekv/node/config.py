@@ -120,6 +120,9 @@ class NodeConfig:
     ``node.json``, else 1). 1 is the unsharded cluster: one data group whose Raft ids are
     the node ids. More: a metadata group plus one data group per shard
     (docs/sharding.md)."""
+    quiesce: bool = True
+    """Idle groups stop ticking and heartbeating (docs/raft.md, "Quiescence"); the
+    environment variable TIDEKV_QUIESCE=0 turns it off too."""
 
     def me(self) -> Peer:
         return Peer.make(self.node_id, self.address, self.raft_address)

@@ -15,6 +15,15 @@ The loop (:meth:`Node._drive`), once per wake-up:
 
 Ticks come from a timer every ``tick_ms``. Messages from peers are stepped as they
 arrive (the transport calls :meth:`Node._on_messages`) and wake the loop.
+
+Quiescence (docs/raft.md): an idle group's replicas stop ticking, and the timer skips
+them, so an idle group costs a flag test per tick and nothing on the wire. What wakes a
+follower whose leader died is the node-level liveness signal: every heartbeat interval
+the node pings each peer node once (one tiny message on the pseudo-group
+:data:`LIVENESS_GROUP`, riding the per-destination frame, for all groups at once); a
+peer not heard from (any frame counts) for an election timeout, or whose connection the
+transport reports lost, is silent, and every quiesced replica whose leader is on it is
+woken (``RawNode.unquiesce``) and elects a new leader as usual.
 """
 
 from __future__ import annotations
@@ -42,7 +51,16 @@ from tidekv.node.meta import (
 from tidekv.node.replica import Replica
 from tidekv.node.snapstream import SnapshotSink
 from tidekv.node.transport import PeerTransport
-from tidekv.raft import Config, Entry, EntryKind, Message, MessageType, ProposalDropped, Ready
+from tidekv.raft import (
+    NONE,
+    Config,
+    Entry,
+    EntryKind,
+    Message,
+    MessageType,
+    ProposalDropped,
+    Ready,
+)
 from tidekv.sharding import metadata
 from tidekv.sharding.metadata import ClusterState
 from tidekv.sharding.replicas import node_of, replica_id
@@ -54,6 +72,16 @@ log = logging.getLogger("tidekv.node")
 DATA_GROUP = 0
 """The one data group of an unsharded cluster (``--shards 1``); in a sharded cluster shard
 ``s`` is group ``s`` and the metadata is group :data:`~tidekv.node.meta.META_GROUP`."""
+
+LIVENESS_GROUP = -1
+"""The pseudo-group of the per-node-pair liveness pings; no replica has it."""
+
+QUIESCE_ENV = "TIDEKV_QUIESCE"
+"""``0`` turns quiescence (and the liveness pings) off, for benchmarks and bisecting."""
+
+EXTRA_GROUPS_ENV = "TIDEKV_IDLE_GROUPS_FOR_BENCH"
+"""Testing/benchmarks only: open this many extra groups (ids 1..N) with the same peers.
+They hold no data reachable through the API; bench/idle_groups.py measures their cost."""
 
 
 class Node:
@@ -71,7 +99,7 @@ class Node:
         self._ticker: asyncio.TimerHandle | None = None
         self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="tidekv-wal-sync")
         self._rng = random.Random()
-        self.stats = {"loops": 0, "fsyncs": 0, "readies": 0}
+        self.stats = {"loops": 0, "fsyncs": 0, "readies": 0, "liveness_wakes": 0}
         self.me = cfg.me()
         self.meta: MetaReplica | None = None
         """This node's replica of the metadata group (sharded clusters, meta voters)."""
@@ -83,6 +111,11 @@ class Node:
         self.leader_hint: dict[int, int] = {}
         """shard -> the node last seen leading it (from local replicas)."""
         self._bg: set[asyncio.Task[None]] = set()
+        self.quiesce = cfg.quiesce and os.environ.get(QUIESCE_ENV, "1") != "0"
+        self._ticks = 0
+        self._heard: dict[int, float] = {}
+        """Peer node id -> loop time of the last frame received from it."""
+        self._started = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -111,6 +144,9 @@ class Node:
             self._start_sharded()
         else:
             self._open_group(DATA_GROUP, bootstrap=created)
+            for group in range(1, 1 + int(os.environ.get(EXTRA_GROUPS_ENV, "0") or 0)):
+                self._open_group(group, bootstrap=created)
+        self._started = asyncio.get_running_loop().time()
         self._driver = asyncio.get_running_loop().create_task(self._drive())
         self._schedule_tick()
 
@@ -257,6 +293,7 @@ class Node:
                 pre_vote=True,
                 check_quorum=True,
                 max_inflight_msgs=256,
+                quiesce=self.quiesce,
             )
 
         kw: dict[str, Any] = dict(
@@ -320,16 +357,64 @@ class Node:
         self._ticker = loop.call_later(self.cfg.tick_ms / 1000, self._tick)
 
     def _tick(self) -> None:
+        ticked = False
         for rep in self.replicas.values():
-            rep.raw.tick()
-        self.wake()
+            raw = rep.raw
+            if not raw.raft.quiesced:  # a quiesced group's tick does nothing: skip it
+                raw.tick()
+                ticked = True
+        self._ticks += 1
+        if self.quiesce and self._ticks % self.cfg.heartbeat_tick == 0:
+            self._ping_peers()
+        if ticked:
+            self.wake()
         self._schedule_tick()
 
+    # -- node liveness (quiescence) ---------------------------------------------------------
+
+    def _ping_peers(self) -> None:
+        """One ping per peer node; wake the groups whose leader's node went silent."""
+        now = asyncio.get_running_loop().time()
+        silent_after = self.cfg.election_tick * self.cfg.tick_ms / 1000
+        me = self.cfg.node_id
+        pings: list[Message] = []
+        silent: set[int] = set()
+        for nid in self.transport.peers:
+            pings.append(Message(MessageType.HEARTBEAT, to=nid, frm=me))
+            if now - self._heard.get(nid, self._started) > silent_after:
+                silent.add(nid)
+        self.transport.send(LIVENESS_GROUP, pings)
+        if silent:
+            self._wake_groups_led_by(silent)
+
+    def _wake_groups_led_by(self, nodes: set[int]) -> None:
+        woke = 0
+        for rep in self.replicas.values():
+            raw = rep.raw
+            lead = raw.raft.lead
+            if not raw.quiesced or lead == NONE:
+                continue
+            # a sharded data group's Raft ids are replica ids: name the leader's node
+            if (lead if rep.node_of is None else rep.node_of(lead)) in nodes:
+                raw.unquiesce()
+                woke += 1
+        if woke:
+            self.stats["liveness_wakes"] += woke
+            log.info("woke %d quiesced groups led by silent node(s) %s", woke, sorted(nodes))
+            self.wake()
+
+    def groups_quiesced(self) -> int:
+        return sum(rep.raw.quiesced for rep in self.replicas.values())
+
     def _on_messages(self, frm: int, msgs: list[tuple[int, Message]]) -> None:
+        if self.quiesce:
+            self._heard[frm] = asyncio.get_running_loop().time()
+        stepped = False
         for group, m in msgs:
             rep = self.replicas.get(group)
             if rep is None:
-                continue
+                continue  # a liveness ping (or a group not hosted here)
+            stepped = True
             if m.frm in rep.removed or (rep.node_of is None and frm in rep.removed):
                 # a removed member (still running, or restarted on its old data) must not
                 # disturb the group: no votes for it, no acks counted from it
@@ -346,13 +431,16 @@ class Node:
                 log.debug("group %d: dropped a proposal from node %d: %s", group, frm, exc)
             except Exception:  # a malformed message must not take the node down
                 log.exception("group %d: bad message from node %d", group, frm)
-        self.wake()
+        if stepped:
+            self.wake()
 
     def _on_unreachable(self, peer: int) -> None:
         for rep in self.replicas.values():
             rid = _raft_id(rep, peer)
             if rid is not None:
                 rep.raw.report_unreachable(rid)
+        if self.quiesce and not self.transport.connected(peer):
+            self._wake_groups_led_by({peer})  # the connection is lost: the node is silent
         self.wake()
 
     def _on_snapshot_status(self, group: int, to: int, ok: bool) -> None:

@@ -758,6 +758,16 @@ class _NodeCollector(Collector):
         yield c_prop
         yield c_reads
         yield c_removed
+        yield GaugeMetricFamily(
+            "tidekv_groups_quiesced",
+            "Raft groups on this node that are quiesced (idle: no ticks, no heartbeats)",
+            value=node.groups_quiesced(),
+        )
+        yield CounterMetricFamily(
+            "tidekv_liveness_wakes",
+            "Quiesced groups woken because their leader's node went silent",
+            value=node.stats["liveness_wakes"],
+        )
         yield CounterMetricFamily("tidekv_wal_fsyncs", "WAL fsyncs", value=node.stats["fsyncs"])
         yield CounterMetricFamily(
             "tidekv_node_loops", "Turns of the node loop", value=node.stats["loops"]

@@ -47,6 +47,11 @@ class Config:
     max_clock_drift_ticks: int = 1
     step_down_on_removal: bool = True
     """A leader removed from the voters steps down once it applies that change."""
+    quiesce: bool = False
+    """Idle groups go quiet (CockroachDB-style): a leader with nothing to do sends one
+    quiesce heartbeat and stops ticking; followers that get it stop their election timer.
+    Needs a driver-side liveness signal: when a quiesced follower's leader node dies,
+    the driver must call ``RawNode.unquiesce`` (see docs/raft.md, "Quiescence")."""
 
     def validate(self) -> None:
         if self.id <= 0:

@@ -59,6 +59,15 @@ MT = MessageType
 CAMPAIGN_TRANSFER = b"transfer"
 """Context of a Vote sent because of TimeoutNow: voters ignore their leader lease."""
 
+QUIESCE_CONTEXT = b"quiesce"
+"""Context of the leader's last heartbeat before it quiesces: the follower stops its
+election timer. (ReadIndex rounds use 8-byte contexts, so the two never collide.)"""
+
+WAKE_CONTEXT = b"wake"
+"""Context of a HEARTBEAT_RESP a follower sends to wake its quiesced leader."""
+
+_READ_ROUND_CONTEXT_LEN = 8
+
 
 class Role(enum.IntEnum):
     FOLLOWER = 0
@@ -103,6 +112,8 @@ class Raft:
         self.lease_acks: dict[int, int] = {}
         """Per voter: the send tick of the latest heartbeat it acknowledged."""
         self.needs_bcast = False
+        self.quiesced = False
+        """Idle: no ticks (the driver may skip them); see :meth:`maybe_quiesce`."""
         self._step: Callable[[Message], None] = self._step_follower
         self._tick: Callable[[], None] = self._tick_election
 
@@ -267,6 +278,7 @@ class Raft:
         self.pending_reads = []
         self.lease_acks = {}
         self.needs_bcast = False
+        self.quiesced = False
 
     def _reset_randomized_election_timeout(self) -> None:
         self.randomized_election_timeout = self.election_timeout + self.rng.randrange(
@@ -284,6 +296,7 @@ class Raft:
         if self.role == Role.LEADER:
             raise AssertionError("invalid transition leader -> pre-candidate")
         # Neither the term nor the vote changes (thesis §9.6).
+        self.quiesced = False
         self._step = self._step_candidate
         self._tick = self._tick_election
         self.votes = {}
@@ -319,6 +332,8 @@ class Raft:
     # -- ticks ----------------------------------------------------------------------------
 
     def tick(self) -> None:
+        if self.quiesced:
+            return  # a quiesced node's time stands still (the driver may skip the call)
         self.clock += 1
         self._tick()
 
@@ -342,7 +357,69 @@ class Raft:
             return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
             self.heartbeat_elapsed = 0
-            self.step(Message(MT.BEAT, frm=self.id))
+            if self.cfg.quiesce and self._can_quiesce():
+                self._quiesce()
+            else:
+                self.step(Message(MT.BEAT, frm=self.id))
+
+    # -- quiescence -----------------------------------------------------------------------
+
+    def _can_quiesce(self) -> bool:
+        """Nothing to do: no pending proposal, read, transfer or conf change, everything
+        committed and applied here, and every member holds the whole log, is known to
+        answer, and is caught up (the quiesce heartbeat tells it the commit index)."""
+        log = self.log
+        last = log.last_index()
+        if (
+            self.role != Role.LEADER
+            or self.lead_transferee != NONE
+            or self.pending_reads
+            or self.read_only.has_pending()
+            or self.read_only.rounds
+            or self.needs_bcast
+            or log.unstable
+            or log.committed != last
+            or log.applied != last
+            or self.pending_conf_index > log.applied
+            or log.term(last) != self.term
+        ):
+            return False
+        for nid, pr in self.prs.items():
+            if pr.match != last:
+                return False
+            if nid != self.id and (not pr.recent_active or pr.state != ProgressState.REPLICATE):
+                return False
+        return True
+
+    def _quiesce(self) -> None:
+        self.quiesced = True
+        self.bcast_heartbeat(QUIESCE_CONTEXT)
+
+    def unquiesce(self, wake_leader: bool = False) -> None:
+        """Resume ticking. A leader restarts its timers, forgets its lease (its clock
+        stood still: see the docs' quiescence section) and heartbeats at once; a follower
+        restarts its election timer and, with ``wake_leader``, asks its leader to wake."""
+        if not self.quiesced:
+            return
+        self.quiesced = False
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        # Every heartbeat sent before this point carries a clock value at least an
+        # election timeout old from now on, so no ack of one can validate a lease: the
+        # lease is earned again by a heartbeat sent after waking.
+        self.clock += self.election_timeout
+        if self.role == Role.LEADER:
+            self.lease_acks = {self.id: self.clock}
+            for pr in self.prs.values():
+                pr.recent_active = True  # a full election timeout for them to answer
+            self.bcast_heartbeat()
+        elif wake_leader and self.lead != NONE and self.lead != self.id:
+            self.send(
+                Message(
+                    MT.HEARTBEAT_RESP, to=self.lead, frm=self.id, term=self.term,
+                    context=WAKE_CONTEXT,
+                )
+            )  # fmt: skip
 
     # -- elections ------------------------------------------------------------------------
 
@@ -419,6 +496,10 @@ class Raft:
                 if not force and in_lease:
                     # We heard from a leader within the election timeout: ignore the
                     # disruptive request without adopting its term (thesis §4.2.3).
+                    # A quiesced node wakes (and wakes its leader): the candidate could
+                    # not hear the silent leader, and heartbeats will bring it back.
+                    if self.quiesced:
+                        self.unquiesce(wake_leader=True)
                     return
             if m.type == MT.PRE_VOTE or (m.type == MT.PRE_VOTE_RESP and not m.reject):
                 # A pre-vote carries a future term; a granted pre-vote answer carries the
@@ -470,6 +551,8 @@ class Raft:
 
     def _step_leader(self, m: Message) -> None:
         t = m.type
+        if self.quiesced and not self._keeps_quiet(m):
+            self.unquiesce()
         if t == MT.BEAT:
             self._beat()
             return
@@ -495,6 +578,8 @@ class Raft:
             self._leader_app_resp(m, pr)
         elif t == MT.HEARTBEAT_RESP:
             pr.recent_active = True
+            if m.context == WAKE_CONTEXT:
+                return  # a wake-up call (handled above), not an ack of any heartbeat
             pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and pr.inflights.full():
                 # the follower answers but no append ack came back: the window was lost
@@ -506,7 +591,7 @@ class Raft:
             if m.frm in self.voters:
                 if m.index > self.lease_acks.get(m.frm, -1):
                     self.lease_acks[m.frm] = m.index
-                if m.context:
+                if len(m.context) == _READ_ROUND_CONTEXT_LEN:
                     self.read_only.ack(m.frm, int.from_bytes(m.context, "big"))
                     self._release_confirmed_reads()
         elif t == MT.SNAP_STATUS:
@@ -522,6 +607,15 @@ class Raft:
                 pr.become_probe()
         elif t == MT.TRANSFER_LEADER:
             self._leader_transfer(m.frm, pr)
+
+    def _keeps_quiet(self, m: Message) -> bool:
+        """Messages a quiesced leader takes without waking: answers that change nothing."""
+        t = m.type
+        if t == MT.HEARTBEAT_RESP:
+            return m.context != WAKE_CONTEXT
+        if t == MT.APP_RESP:
+            return not m.reject and m.index >= self.log.last_index()
+        return t == MT.UNREACHABLE or t == MT.SNAP_STATUS
 
     def _beat(self) -> None:
         ro = self.read_only
@@ -563,6 +657,8 @@ class Raft:
         """
         if self.lead_transferee != NONE:
             raise ProposalDropped("leadership transfer in progress", to=self.lead_transferee)
+        if self.quiesced:
+            self.unquiesce()
         log = self.log
         unstable = log.unstable
         start = log.offset + len(unstable)
@@ -691,7 +787,7 @@ class Raft:
 
     def lease_valid(self) -> bool:
         """True while a quorum acknowledged a heartbeat sent less than a lease ago."""
-        if self.lead_transferee != NONE or self.timeout_now_term == self.term:
+        if self.lead_transferee != NONE or self.timeout_now_term == self.term or self.quiesced:
             return False
         acks = dict(self.lease_acks)
         acks[self.id] = self.clock
@@ -768,6 +864,15 @@ class Raft:
 
     def _step_follower(self, m: Message) -> None:
         t = m.type
+        if self.quiesced and not (
+            (t == MT.HEARTBEAT and m.context == QUIESCE_CONTEXT)
+            or t == MT.UNREACHABLE
+            or t == MT.SNAP_STATUS
+        ):
+            # anything but the leader's quiesce heartbeat or a transport report (an
+            # append, a heartbeat, a local proposal or read, which is forwarded and wakes
+            # the leader) wakes us
+            self.unquiesce()
         if t == MT.APP:
             self.election_elapsed = 0
             self.lead = m.frm
@@ -825,6 +930,11 @@ class Raft:
 
     def _handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(m.commit)
+        ctx = m.context
+        if ctx == QUIESCE_CONTEXT:
+            ctx = b""
+            if self.role == Role.FOLLOWER and self.cfg.quiesce:
+                self.quiesced = True  # stop the election timer until something happens
         self.send(
             Message(
                 MT.HEARTBEAT_RESP,
@@ -832,7 +942,7 @@ class Raft:
                 frm=self.id,
                 term=self.term,
                 index=m.index,
-                context=m.context,
+                context=ctx,
             )
         )
 
@@ -875,6 +985,7 @@ class Raft:
             learners.discard(nid)
         before = set(self.prs)
         self._apply_conf_state(ConfState(frozenset(voters), frozenset(learners)))
+        self.unquiesce()
         if self.role == Role.LEADER:
             if self.id not in self.voters and self.cfg.step_down_on_removal:
                 self.become_follower(self.term, NONE)

@@ -142,6 +142,8 @@ class RawNode:
         """
         r = self.raft
         if r.role is Role.LEADER and r.lead_transferee == NONE and r.id in r.prs:
+            if r.quiesced:
+                r.unquiesce()
             log = r.log
             unstable = log.unstable
             unstable.append(Entry(r.term, log.offset + len(unstable), EntryKind.NORMAL, data))
@@ -184,6 +186,23 @@ class RawNode:
     def transfer_leader(self, target: int) -> None:
         """Ask the leader (this node or, forwarded, its leader) to hand over to ``target``."""
         self.raft.step(Message(MT.TRANSFER_LEADER, frm=target))
+
+    @property
+    def quiesced(self) -> bool:
+        """Idle and silent (``Config.quiesce``): ``tick`` does nothing, the driver may
+        skip it. Any proposal, read, transfer, conf change or message that needs an
+        answer wakes the node by itself."""
+        return self.raft.quiesced
+
+    def unquiesce(self) -> None:
+        """Wake up: resume ticking (a follower's election timer restarts from zero).
+
+        The driver calls this on a quiesced follower when the node hosting its leader
+        is unreachable or silent (the node-level liveness signal), so the group elects a
+        new leader as usual; a follower also asks its leader to wake (a wasted message
+        if that node is really gone). No-op when not quiesced.
+        """
+        self.raft.unquiesce(wake_leader=True)
 
     def report_unreachable(self, node_id: int) -> None:
         """The transport failed to deliver to ``node_id``: stop pipelining to it."""

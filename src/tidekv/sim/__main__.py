@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --groups: the cluster metadata drives the moves (joins, decommissions, "
         "evictions of hosts down too long)",
     )
+    ap.add_argument(
+        "--no-quiesce",
+        action="store_true",
+        help="idle groups keep ticking (quiescence and its node-liveness signal off, no "
+        "client lulls)",
+    )
     ap.add_argument("--quiet", action="store_true", help="one line per failure + summary")
     ap.add_argument("--stop-on-failure", action="store_true")
     args = ap.parse_args(argv)
@@ -75,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         from tidekv.sim.multirunner import run_multi_seeds
 
         mcfg = MultiConfig(
-            hosts=args.nodes, groups=args.groups, ticks=args.ticks, faults=faults, ring=args.ring
+            hosts=args.nodes,
+            groups=args.groups,
+            ticks=args.ticks,
+            faults=faults,
+            ring=args.ring,
+            quiesce=not args.no_quiesce,
         )
         if args.liveness_ticks is not None:
             mcfg.liveness_ticks = args.liveness_ticks
@@ -98,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
         lease=args.lease,
         report_unreachable=args.report_unreachable,
+        quiesce=not args.no_quiesce,
     )
     report = run_seeds(
         seeds,

@@ -45,6 +45,7 @@ from tidekv.raft import (
 from tidekv.sim.faults import FaultConfig, gate
 from tidekv.sim.groups import check_quorum_durable, final_state_check
 from tidekv.sim.invariants import Invariants, SafetyViolation
+from tidekv.sim.liveness import HostLiveness
 from tidekv.sim.network import NetConfig, Network
 from tidekv.sim.node import Applied, Hooks, NodeOptions, SimNode
 from tidekv.sim.statemachine import Command, KVStateMachine, encode_command
@@ -57,6 +58,10 @@ TICK = 100
 
 LIVENESS_TICKS = 200
 """Default bound for the liveness phase (ticks from healing to a converged cluster)."""
+
+LULL_PERIOD = 60 * TICK
+LULL_LEN = 25 * TICK
+"""With quiescence on, clients start nothing in the last 25 ticks of every 60."""
 
 
 @dataclass(slots=True)
@@ -78,6 +83,9 @@ class SimConfig:
     #: the transport tells the sender about every lost message (report_unreachable),
     #: as a connection-oriented transport would; off by default (silent loss)
     report_unreachable: bool = False
+    #: idle groups quiesce (RawNode quiescence + the node-level liveness signal that
+    #: wakes followers of a dead or cut-off leader host); clients pause in lulls
+    quiesce: bool = True
 
 
 def replay_command(cfg: SimConfig) -> str:
@@ -91,6 +99,8 @@ def replay_command(cfg: SimConfig) -> str:
         cmd += f" --lease {cfg.lease}"
     if cfg.report_unreachable:
         cmd += " --report-unreachable"
+    if not cfg.quiesce:
+        cmd += " --no-quiesce"
     return cmd
 
 
@@ -157,6 +167,7 @@ class Cluster:
             disk_max=p.choice((0, 30, 120)) if faults.disk else 0,
             compact_every=p.choice((20, 50)) if faults.snapshot else 0,
             max_inflight_msgs=p.choice((4, 64)),
+            quiesce=config.quiesce,
         )
         self.options = opts
         self.drift = drift
@@ -189,6 +200,11 @@ class Cluster:
             schedule=lambda t, kind, arg: self._schedule(t, kind, arg[0], arg[1]),
         )
         wl = WorkloadConfig(clients=config.clients, keys=config.keys)
+        if config.quiesce:
+            wl.lull_period, wl.lull_len = LULL_PERIOD, LULL_LEN
+        self.liveness = HostLiveness(opts.election_tick)
+        self.quiet_ticks = 0
+        self.wakes = 0
         self.workload = Workload(self.work_rng, wl, gw)
         for nid in sorted(self.voters0):
             self._add_node(nid, ConfState(voters=self.voters0), bootstrap=True)
@@ -490,7 +506,11 @@ class Cluster:
         if kind == "tick":
             node = self.nodes[a]
             if a not in self.retired:
+                if node.rawnode is not None and node.rawnode.quiesced:
+                    self.quiet_ticks += 1
                 node.tick(self.now)
+                if self.cfg.quiesce:
+                    self._node_liveness(node)
                 self._observe_roles(node)
                 self._schedule(self.now + self.periods[a], "tick", a)
         elif kind == "disk":
@@ -538,6 +558,26 @@ class Cluster:
         elif kind == "probe":
             self._liveness_probe()
         return True
+
+    def _hears(self, me: int, peer: int) -> bool:
+        n = self.nodes.get(peer)
+        net = self.network
+        return (
+            n is not None
+            and n.up
+            and (peer, me) not in net.blocked
+            and net.clogged.get((peer, me), 0) <= self.now
+        )
+
+    def _node_liveness(self, node: SimNode) -> None:
+        """The node's pings: wake the group if its leader's node went silent."""
+        me = node.id
+        peers = [nid for nid in self.nodes if nid not in self.retired]
+        dead = self.liveness.dead_peers(me, peers, lambda p: self._hears(me, p))
+        rn = node.rawnode
+        if dead and rn is not None and rn.raft.lead in dead and node.wake(self.now):
+            self.wakes += 1
+            self._trace(f"{self.now}|wake|{me}|{rn.raft.lead};")
 
     def _run_until(self, end: int) -> None:
         while self._step(end):
@@ -680,6 +720,8 @@ class Cluster:
         res.counts["crashes"] = sum(n.crashes for n in self.nodes.values())
         res.counts["nodes"] = len(self.nodes)
         res.counts["max_commit"] = self.inv.max_committed
+        res.counts["quiet_ticks"] = self.quiet_ticks
+        res.counts["liveness_wakes"] = self.wakes
         return res
 
     def describe(self) -> str:

@@ -43,7 +43,7 @@ from tidekv.raft import (
     SnapshotMeta,
 )
 from tidekv.sharding.ring import Ring
-from tidekv.sim.cluster import TICK
+from tidekv.sim.cluster import LULL_LEN, LULL_PERIOD, TICK
 from tidekv.sim.control import RingControl
 from tidekv.sim.faults import FaultConfig, gate
 from tidekv.sim.groups import (
@@ -55,6 +55,7 @@ from tidekv.sim.groups import (
     stable_leader,
 )
 from tidekv.sim.invariants import Invariants, SafetyViolation
+from tidekv.sim.liveness import HostLiveness
 from tidekv.sim.mover import ReusingBook, advance_moves, start_move
 from tidekv.sim.network import NetConfig, Network
 from tidekv.sim.node import Applied, Hooks, NodeOptions, SimNode
@@ -85,13 +86,18 @@ class MultiConfig:
     #: the cluster metadata decides the moves: joins, decommissions, evictions of hosts
     #: down too long (tidekv.sim.control); off: random replacements
     ring: bool = False
+    #: idle groups quiesce; each host's node-level liveness wakes the quiesced replicas
+    #: whose leader's host went silent (tidekv.sim.liveness); clients pause in lulls
+    quiesce: bool = True
 
 
 def replay_command(cfg: MultiConfig) -> str:
     return (
         f"python -m tidekv.sim --groups {cfg.groups} --nodes {cfg.hosts} --seed {cfg.seed} "
         f"--ticks {cfg.ticks} --liveness-ticks {cfg.liveness_ticks} "
-        f"--faults {cfg.faults.spec()}" + (" --ring" if cfg.ring else "")
+        f"--faults {cfg.faults.spec()}"
+        + (" --ring" if cfg.ring else "")
+        + ("" if cfg.quiesce else " --no-quiesce")
     )
 
 
@@ -142,7 +148,11 @@ class MultiCluster:
             disk_max=p.choice((0, 30, 120)) if faults.disk else 0,
             compact_every=p.choice((20, 50)) if faults.snapshot else 0,
             max_inflight_msgs=p.choice((4, 64)),
+            quiesce=config.quiesce,
         )
+        self.liveness = HostLiveness(self.options.election_tick)
+        self.quiet_ticks = 0
+        self.wakes = 0
         self.timers: list[tuple[int, int, str, int, int, int]] = []
         self._seq = 0
         self.now = 0
@@ -192,7 +202,10 @@ class MultiCluster:
             read_index=lambda rid, ctx: self._client_read(box[0], rid, ctx),
             schedule=lambda t, kind, arg: self._schedule(t, kind, gid, arg[0], arg[1]),
         )
-        wl = Workload(wl_rng, WorkloadConfig(clients=self.cfg.clients, keys=self.cfg.keys), gw)
+        wcfg = WorkloadConfig(clients=self.cfg.clients, keys=self.cfg.keys)
+        if self.cfg.quiesce:
+            wcfg.lull_period, wcfg.lull_len = LULL_PERIOD, LULL_LEN
+        wl = Workload(wl_rng, wcfg, gw)
         g = SimGroup(gid, Invariants(), wl)
         if self.cfg.reuse_replica_ids:
             g.book = ReusingBook()
@@ -396,10 +409,23 @@ class MultiCluster:
             if a not in self.down and self.control is not None:
                 self.control.heard(a)
             if a not in self.down:
+                dead = (
+                    self.liveness.dead_peers(a, self.hosts, lambda p: self._hears(a, p))
+                    if self.cfg.quiesce
+                    else set()
+                )
                 for grp in self.groups.values():  # one host ticks all its replicas
                     for rid, h in grp.host_of.items():
                         if h == a and rid not in grp.retired:
-                            grp.replicas[rid].tick(self.now)
+                            node = grp.replicas[rid]
+                            rn = node.rawnode
+                            if rn is not None and rn.quiesced:
+                                self.quiet_ticks += 1
+                                lead_host = grp.host_of.get(rn.raft.lead)
+                                if lead_host in dead and node.wake(self.now):
+                                    self.wakes += 1
+                                    self.trace(f"{self.now}|wake|{grp.gid}|{rid};")
+                            node.tick(self.now)
             self._schedule(self.now + self.periods[a], "tick", 0, a)
         elif kind == "disk":
             g.replicas[a].disk_done(self.now)
@@ -432,6 +458,14 @@ class MultiCluster:
         elif kind == "probe":
             self._liveness_probe()
         return True
+
+    def _hears(self, me: int, peer: int) -> bool:
+        net = self.network
+        return (
+            peer not in self.down
+            and (peer, me) not in net.blocked
+            and net.clogged.get((peer, me), 0) <= self.now
+        )
 
     def _run_until(self, end: int) -> None:
         while self._step(end):
@@ -560,6 +594,8 @@ class MultiCluster:
             counts["moves_started"] = counts["moves_done"] + len(self.control.state.movements())
         counts["replicas_created"] = sum(len(g.replicas) for g in self.groups.values())
         counts["messages"] = self.network.sent
+        counts["quiet_ticks"] = self.quiet_ticks
+        counts["liveness_wakes"] = self.wakes
         counts["crashes"] = sum(
             n.crashes for g in self.groups.values() for n in g.replicas.values()
         )

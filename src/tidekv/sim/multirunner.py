@@ -39,6 +39,8 @@ class MultiReport(SeedReport[MultiResult]):
                 f"{total.get('snapshots', 0)}  replica crashes: "
                 f"{total.get('crashes', 0)}",
                 f"move duration (ticks, first step to last): {moves}",
+                f"quiescence: replica ticks skipped {total.get('quiet_ticks', 0)}, liveness "
+                f"wake-ups {total.get('liveness_wakes', 0)}",
             ]
             + (
                 [

@@ -63,6 +63,8 @@ class NodeOptions:
     disk_max: int = 0
     compact_every: int = 0  # 0: never snapshot/compact
     keep_entries: int = 5
+    #: idle groups quiesce (``Config.quiesce``); the cluster provides node liveness
+    quiesce: bool = False
 
 
 @dataclass(slots=True)
@@ -137,6 +139,7 @@ class SimNode:
             max_clock_drift_ticks=o.max_clock_drift_ticks,
             max_inflight_msgs=o.max_inflight_msgs,
             max_size_per_msg=o.max_size_per_msg,
+            quiesce=o.quiesce,
         )
         self.rawnode = RawNode(cfg, self.storage)
         snap = self.storage.snapshot()
@@ -158,9 +161,19 @@ class SimNode:
     # -- inputs ---------------------------------------------------------------------------
 
     def tick(self, now: int) -> None:
-        if self.rawnode is not None:
-            self.rawnode.tick()
+        rn = self.rawnode
+        if rn is not None and not rn.quiesced:  # a node skips quiesced groups' ticks
+            rn.tick()
             self.pump(now)
+
+    def wake(self, now: int) -> bool:
+        """Node liveness: the leader's host is gone; wake if quiesced (True if so)."""
+        rn = self.rawnode
+        if rn is None or not rn.quiesced:
+            return False
+        rn.unquiesce()
+        self.pump(now)
+        return True
 
     def deliver(self, now: int, m: Message) -> None:
         if self.rawnode is not None:

@@ -100,6 +100,8 @@ class Report(SeedReport[SimResult]):
             f"liveness: ticks to commit a probe entry:     {_fmt(live_c)}",
             f"client write/cas latency (ticks):            {_fmt(commits)}",
             f"client read latency (ticks):                 {_fmt(reads)}",
+            f"quiescence: replica ticks skipped {sum(r.counts.get('quiet_ticks', 0) for r in rs)}"
+            f", liveness wake-ups {sum(r.counts.get('liveness_wakes', 0) for r in rs)}",
             *notes,
         ]
         return "\n".join(lines)

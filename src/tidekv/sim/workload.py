@@ -45,6 +45,11 @@ class WorkloadConfig:
     write: float = 0.4
     read: float = 0.4  # the rest is cas
     values: int = 1000
+    #: lulls: the last ``lull_len`` units of every ``lull_period`` carry no new client
+    #: operation (a client due then waits for the period's end), so groups fall idle and
+    #: quiesce while the faults go on; 0: no lulls
+    lull_period: int = 0
+    lull_len: int = 0
 
 
 @dataclass(slots=True)
@@ -98,8 +103,12 @@ class Workload:
 
     def _think(self, now: int, client: int) -> None:
         cfg = self.config
-        delay = self.rng.randint(cfg.think_min, cfg.think_max)
-        self.gw.schedule(now + delay, "client", (client, 0))
+        at = now + self.rng.randint(cfg.think_min, cfg.think_max)
+        if cfg.lull_period:
+            phase = at % cfg.lull_period
+            if phase >= cfg.lull_period - cfg.lull_len:
+                at += cfg.lull_period - phase
+        self.gw.schedule(at, "client", (client, 0))
 
     def on_client_timer(self, now: int, client: int) -> None:
         if not self.active or self.current[client] is not None:
