@@ -19,8 +19,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -203,9 +204,12 @@ def serve(
     raise typer.Exit(rc)
 
 
-def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]], timeout: float) -> int:
-    """The id of the leader, once every node serves HTTP and the leader serves
-    linearizable requests (so each endpoint printed answers)."""
+def _wait_ready(
+    urls: list[str], procs: list[subprocess.Popen[bytes]], timeout: float
+) -> dict[str, Any]:
+    """The cluster view, once every node serves HTTP and the cluster serves linearizable
+    requests through every endpoint printed: unsharded, once the leader is ready; sharded,
+    once every node is ready (each of its replicas, the metadata's too, knows a leader)."""
     deadline = time.monotonic() + timeout
     up: set[str] = set()
     with httpx.Client(timeout=1.0) as client:
@@ -220,15 +224,32 @@ def _wait_ready(urls: list[str], procs: list[subprocess.Popen[bytes]], timeout: 
             if len(up) == len(urls):
                 with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, IndexError):
                     r = client.get(urls[0] + "/v1/cluster")
-                    leader = r.json()["shards"][0].get("leader") if r.status_code == 200 else None
-                    if (
-                        isinstance(leader, int)
-                        and 1 <= leader <= len(urls)
-                        and client.get(urls[leader - 1] + "/ready").status_code == 200
-                    ):
-                        return leader
+                    view = r.json() if r.status_code == 200 else {}
+                    shards = view.get("shards") or [{}]
+                    if int(view.get("shard_count", 1)) > 1:
+                        ready = all(isinstance(sh.get("leader"), int) for sh in shards) and all(
+                            client.get(u + "/ready").status_code == 200 for u in urls
+                        )
+                    else:
+                        leader = shards[0].get("leader")
+                        ready = (
+                            isinstance(leader, int)
+                            and 1 <= leader <= len(urls)
+                            and client.get(urls[leader - 1] + "/ready").status_code == 200
+                        )
+                    if ready:
+                        return view
             time.sleep(0.1)
     raise TideError(f"no leader within {timeout:.0f} s")
+
+
+def _leaders_line(view: dict[str, Any]) -> str:
+    shards = view.get("shards") or [{}]
+    if int(view.get("shard_count", 1)) <= 1:
+        return f"leader: node {shards[0].get('leader')}"
+    leads = Counter(sh.get("leader") for sh in shards)
+    per_node = ", ".join(f"node {n} leads {leads[n]}" for n in sorted(k for k in leads if k))
+    return f"{len(shards)} shards; {per_node}"
 
 
 @app.command("dev-cluster")
@@ -264,11 +285,11 @@ def dev_cluster(
             procs.append(
                 subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())
             )
-        leader = _wait_ready(urls, procs, 60)
+        view = _wait_ready(urls, procs, 60)
         out.print(f"tidekv dev cluster: {nodes} node(s), data in {data_dir}", markup=False)
         for i, u in zip(addrs, urls, strict=True):
             out.print(f"  node {i}: {u}", markup=False)
-        out.print(f"leader: node {leader}; Ctrl-C stops the cluster", markup=False)
+        out.print(f"{_leaders_line(view)}; Ctrl-C stops the cluster", markup=False)
         out.print(f"export TIDE_URL={','.join(urls)}", markup=False)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)

@@ -46,7 +46,16 @@ def children_of(pid: int) -> list[int]:
 class DevCluster:
     """One run of ``tide dev-cluster`` in its own session (as a shell job would be)."""
 
-    def __init__(self, cwd: Path, base: int, run: int, *, ignore_sigint: bool = False) -> None:
+    def __init__(
+        self,
+        cwd: Path,
+        base: int,
+        run: int,
+        *,
+        ignore_sigint: bool = False,
+        nodes: int = 3,
+        shards: int = 1,
+    ) -> None:
         self.out_path = cwd / f"dev-cluster-{run}.out"
         self.err_path = cwd / f"dev-cluster-{run}.err"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
@@ -57,9 +66,10 @@ class DevCluster:
                     "tidekv",
                     "dev-cluster",
                     "--nodes",
-                    "3",
+                    str(nodes),
                     "--base-port",
                     str(base),
+                    *(["--shards", str(shards)] if shards > 1 else []),
                 ],
                 cwd=cwd,
                 stdout=out,
@@ -206,3 +216,32 @@ def test_dev_cluster_port_in_use_is_an_error_and_leaves_nothing_running(
     errors = [ln for ln in dc.err_path.read_text().splitlines() if ln.startswith("error:")]
     assert errors, dc.diagnostics()
     assert session_members(dc.proc.pid) == [], "nodes outlived the dev cluster"
+
+
+def test_a_sharded_dev_cluster_prints_its_endpoints_only_once_every_node_serves(
+    tmp_path: Path, runs: list[DevCluster]
+) -> None:
+    """With 4 nodes and rf 3 every node lacks some shard; each endpoint printed must
+    answer linearizable requests for every shard at once (through forwarding)."""
+    base = free_base_port(5)
+    dc = DevCluster(tmp_path, base, 1, nodes=4, shards=6)
+    runs.append(dc)
+    urls = dc.endpoints()
+    out = dc.output()
+    m = re.search(r"^6 shards; ((?:node \d leads \d+(?:, )?)+); Ctrl-C stops", out, re.M)
+    assert m, dc.diagnostics()
+    leads = [int(n) for n in re.findall(r"leads (\d+)", m.group(1))]
+    assert sum(leads) == 6, out
+    with httpx.Client(timeout=10.0) as http:
+        for u in urls:  # no retry: ready means ready
+            assert http.get(u + "/ready").status_code == 200, u
+        view = http.get(urls[0] + "/v1/cluster").json()
+        assert view["shard_count"] == 6
+        assert all(isinstance(sh["leader"], int) for sh in view["shards"])
+        for n in range(24):
+            r = http.put(f"{urls[n % 4]}/v1/kv/sdc{n}", content=b"v")
+            assert r.status_code == 200, r.text
+        for n in range(24):  # read back through another node
+            r = http.get(f"{urls[(n + 1) % 4]}/v1/kv/sdc{n}")
+            assert (r.status_code, r.content) == (200, b"v"), r.text
+    stop_and_check(dc, children_of(dc.proc.pid), "SIGTERM")
