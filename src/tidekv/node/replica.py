@@ -104,6 +104,11 @@ async def _wait(fut: asyncio.Future[T], timeout: float) -> T:
         timer.cancel()
 
 
+LEADER_WAIT = 2.0
+"""Seconds a read waits for a replica that knows no leader to learn one (an election
+takes 1-2 election timeouts; the default election timeout is 0.5 s)."""
+
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -321,6 +326,18 @@ class Replica:
             raise outcome
         return outcome
 
+    async def _wait_for_leader(self, wait: float) -> None:
+        """An election or a leadership transfer (leader balancing) leaves a short window
+        in which this replica knows no leader: wait it out, bounded, rather than fail a
+        read that a moment later would succeed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.raw.raft.lead == NONE:
+            if loop.time() >= deadline:
+                raise Unavailable(f"shard {self.group} has no leader", shard=self.group)
+            self._wake()
+            await asyncio.sleep(0.02)
+
     async def read_barrier(self, consistency: str, timeout: float) -> None:
         """Return once a read at ``consistency`` may be served from this replica."""
         if consistency == "stale":
@@ -333,7 +350,7 @@ class Replica:
                 await self.wait_applied(raft.log.committed, timeout)
                 return
         if raft.lead == NONE:
-            raise Unavailable(f"shard {self.group} has no leader", shard=self.group)
+            await self._wait_for_leader(min(timeout, LEADER_WAIT))
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads.append(fut)
         self._wake()

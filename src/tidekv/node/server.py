@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import random
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -62,6 +63,7 @@ from tidekv.raft import (
     Ready,
 )
 from tidekv.sharding import metadata
+from tidekv.sharding.balancer import BalancerConfig, LeaderBalancer
 from tidekv.sharding.metadata import ClusterState
 from tidekv.sharding.replicas import node_of, replica_id
 from tidekv.sharding.ring import DEFAULT_REPLICATION
@@ -72,6 +74,12 @@ log = logging.getLogger("tidekv.node")
 DATA_GROUP = 0
 """The one data group of an unsharded cluster (``--shards 1``); in a sharded cluster shard
 ``s`` is group ``s`` and the metadata is group :data:`~tidekv.node.meta.META_GROUP`."""
+
+BALANCER = BalancerConfig(max_concurrent=4, timeout=10_000, cooldown=30_000)
+"""Leader balancing: at most 4 transfers in flight, 10 s for one to show in the leaders
+seen, 30 s between two transfers of one shard (ms)."""
+BALANCE_EVERY = 1.0
+"""Seconds between two polls of the leader balancer."""
 
 LIVENESS_GROUP = -1
 """The pseudo-group of the per-node-pair liveness pings; no replica has it."""
@@ -99,7 +107,13 @@ class Node:
         self._ticker: asyncio.TimerHandle | None = None
         self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="tidekv-wal-sync")
         self._rng = random.Random()
-        self.stats = {"loops": 0, "fsyncs": 0, "readies": 0, "liveness_wakes": 0}
+        self.stats = {
+            "loops": 0,
+            "fsyncs": 0,
+            "readies": 0,
+            "liveness_wakes": 0,
+            "balance_transfers": 0,
+        }
         self.me = cfg.me()
         self.meta: MetaReplica | None = None
         """This node's replica of the metadata group (sharded clusters, meta voters)."""
@@ -186,6 +200,40 @@ class Node:
             if meta.state.shards:
                 self.cluster = meta.state
         self._reconcile()
+        self._spawn(self._balance_leaders())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _balance_leaders(self) -> None:
+        """On the metadata leader: spread the shard leaders evenly
+        (:class:`~tidekv.sharding.balancer.LeaderBalancer` over the leaders seen). A
+        transfer is a hint stepped into this node's replica of the shard, which hands it
+        to the shard's leader when it is a follower (Raft's MsgTransferLeader); shards
+        this node does not replicate are left as they are (needs a hint message)."""
+        lb = LeaderBalancer(BALANCER)
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            await asyncio.sleep(BALANCE_EVERY)
+            meta, st = self.meta, self.cluster
+            if meta is None or st is None or not meta.is_leader:
+                continue
+            try:
+                for t in lb.poll(int(loop.time() * 1000), st):
+                    rep = self.replicas.get(t.shard)
+                    raft = None if rep is None else rep.raw.raft
+                    if rep is None or raft is None or rep.node_of is None:
+                        continue
+                    to = [r for r in raft.voters if rep.node_of(r) == t.to]
+                    if to:
+                        log.info("shard %d: leadership %d -> %d (balancing)", t.shard, t.frm, t.to)
+                        rep.raw.transfer_leader(to[0])
+                        self.stats["balance_transfers"] += 1
+                        self.wake()
+            except Exception:  # balancing is an optimisation: never take the node down
+                log.exception("leader balancing failed")
 
     def _reconcile(self) -> None:
         """Open a replica for every shard the metadata places on this node."""

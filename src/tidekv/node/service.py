@@ -768,6 +768,11 @@ class _NodeCollector(Collector):
             "Quiesced groups woken because their leader's node went silent",
             value=node.stats["liveness_wakes"],
         )
+        yield CounterMetricFamily(
+            "tidekv_leader_balance_transfers",
+            "Leadership transfers this node (as metadata leader) asked for to spread leaders",
+            value=node.stats["balance_transfers"],
+        )
         yield CounterMetricFamily("tidekv_wal_fsyncs", "WAL fsyncs", value=node.stats["fsyncs"])
         yield CounterMetricFamily(
             "tidekv_node_loops", "Turns of the node loop", value=node.stats["loops"]
