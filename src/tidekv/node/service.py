@@ -101,6 +101,17 @@ class NodeService:
         """Where to send a request for a shard this node has no replica of: its leader as
         the metadata saw it, else any replica (a follower forwards writes through Raft and
         serves linearizable reads with ReadIndex)."""
+        lead, holders = self._holders(shard)
+        return NotLeader(
+            f"node {self.node.cfg.node_id} has no replica of shard {shard}",
+            shard=shard,
+            leader=lead,
+            leader_url=holders[0].http_url if holders else None,
+        )
+
+    def _holders(self, shard: int) -> tuple[int | None, list[Peer]]:
+        """The leader of ``shard`` as known here, and the other nodes holding a replica
+        of it: the leader first, then the voters of the shard map."""
         node = self.node
         st = node.cluster
         me = node.cfg.node_id
@@ -109,13 +120,8 @@ class NodeService:
         candidates = [] if st is None else list(st.shard_map[shard].voters)
         if lead is not None:
             candidates.insert(0, lead)
-        peer = next((node.members[n] for n in candidates if n != me and n in node.members), None)
-        return NotLeader(
-            f"node {me} has no replica of shard {shard}",
-            shard=shard,
-            leader=lead,
-            leader_url=None if peer is None else peer.http_url,
-        )
+        ids = dict.fromkeys(n for n in candidates if n != me and n in node.members)
+        return lead, [node.members[n] for n in ids]
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -415,9 +421,21 @@ class NodeService:
                 WatchCursor.decode(since, count)
             except ValueError as exc:
                 raise InvalidInput(str(exc), parameter="since") from None
+        opened: dict[int, int] = {}
+
+        def url_of(shard: int) -> str:
+            # each (re)open of a shard's stream tries the next holder, the leader first:
+            # a stream that broke may have broken with its node
+            _, holders = self._holders(shard)
+            if not holders:
+                raise Unavailable(f"no node is known to hold shard {shard}", shard=shard)
+            n = opened.get(shard, 0)
+            opened[shard] = n + 1
+            return holders[n % len(holders)].http_url
+
         timeout = httpx.Timeout(self.timeout, read=_REMOTE_WATCH_READ)
         async with httpx.AsyncClient(timeout=timeout) as http:
-            remote = HTTPShards(http, self._url_of, query={"prefix": prefix} if prefix else None)
+            remote = HTTPShards(http, url_of, query={"prefix": prefix} if prefix else None)
 
             def stream(shard: int, after: int | None) -> AsyncIterator[Mapping[str, Any]]:
                 rep = node.replicas.get(shard)
