@@ -429,8 +429,9 @@ def _paths() -> dict[str, Any]:
                     _query("since", "Resume after this cursor."),
                     _query(
                         "shard",
-                        "Only this shard's changes (the cursor is its revision). Needed on "
-                        "a sharded cluster, unless the prefix lies inside one hash tag.",
+                        "Only this shard's changes (the cursor is its revision). Without "
+                        "it a sharded cluster merges every shard's feed (w1. cursors), "
+                        "unless the prefix lies inside one hash tag (its one shard).",
                         {"type": "integer", "minimum": 0, "maximum": 4095},
                     ),
                     {

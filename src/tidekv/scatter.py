@@ -223,18 +223,28 @@ def _shard_failed(shard: int, exc: BaseException) -> Unavailable:
 
 class HTTPShards:
     """``fetch`` and ``stream`` over HTTP: shard ``s`` is asked at ``url_of(s)``, with
-    ``shard=s`` added to the query when ``shard_param`` (the node's per-shard routes).
-    ``client``: an :class:`httpx.AsyncClient` the caller owns."""
+    ``shard=s`` added to the query when ``shard_param`` (the node's per-shard routes),
+    and ``query`` added to every request (a watch's ``prefix``). ``client``: an
+    :class:`httpx.AsyncClient` the caller owns."""
 
     def __init__(
-        self, client: Any, url_of: Callable[[int], str], *, shard_param: bool = True
+        self,
+        client: Any,
+        url_of: Callable[[int], str],
+        *,
+        shard_param: bool = True,
+        query: Mapping[str, str] | None = None,
     ) -> None:
         self.client = client
         self.url_of = url_of
         self.shard_param = shard_param
+        self.query = dict(query or {})  # added to every request (a watch's prefix)
 
     def _params(self, shard: int, params: dict[str, str]) -> dict[str, str]:
-        return {**params, "shard": str(shard)} if self.shard_param else dict(params)
+        out = {**self.query, **params}
+        if self.shard_param:
+            out["shard"] = str(shard)
+        return out
 
     async def fetch(self, shard: int, params: dict[str, str]) -> Page:
         import httpx

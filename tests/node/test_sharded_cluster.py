@@ -3,7 +3,8 @@
 Three nodes, eight shards, three replicas each (every node holds every shard): writes
 to keys of every shard through any node, linearizable reads back through another, the
 shard map in ``GET /v1/cluster``, hash tags, listings merged across shards with paging,
-per-shard listings and watches, a SIGKILL of every node then a restart, and a SIGKILL
+per-shard listings and watches (the feed across shards: test_sharded_watch.py), a
+SIGKILL of every node then a restart, and a SIGKILL
 of one; a single sharded node; four nodes, where every node lacks a shard.
 """
 
@@ -173,10 +174,13 @@ def test_listing_across_shards_is_in_key_order_with_paging(sharded: ProcCluster)
     assert r.status_code == 400 and "shard" in r.json()["error"]["message"]
 
 
-def test_watch_one_shard_and_refuse_a_feed_across_shards(sharded: ProcCluster) -> None:
+def test_watch_one_shard_and_refuse_a_revision_for_the_feed_across_shards(
+    sharded: ProcCluster,
+) -> None:
     c = sharded
-    r = c.http.get(c.url(1) + "/v1/watch")
-    assert r.status_code == 400 and "shard=" in r.json()["error"]["message"]
+    # a plain revision names no shard: the feed across shards refuses it
+    r = c.http.get(c.url(1) + "/v1/watch", params={"since": "7"})
+    assert r.status_code == 400 and "single-shard revision" in r.json()["error"]["message"]
     keys = keys_over_every_shard(2)
     target = shard_of(keys[0], SHARDS)
     mine = [k for k in keys if shard_of(k, SHARDS) == target]

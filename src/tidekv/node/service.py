@@ -23,7 +23,7 @@ import base64
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
@@ -44,9 +44,11 @@ from tidekv.node.meta import META_GROUP
 from tidekv.node.replica import Replica
 from tidekv.node.server import DATA_GROUP, Node
 from tidekv.raft import NONE, ConfChange, ConfChangeType, Role
+from tidekv.scatter import HTTPShards, Scatter
 from tidekv.service import CONSISTENCY_LEVELS, Consistency
 from tidekv.sharding.keys import hash_tag, shard_of
 from tidekv.sharding.replicas import node_of
+from tidekv.sharding.scatter import WatchCursor
 from tidekv.statemachine import WriteResult
 from tidekv.store import AsOf, Item, VersionInfo
 from tidekv.versioning import (
@@ -99,6 +101,17 @@ class NodeService:
         """Where to send a request for a shard this node has no replica of: its leader as
         the metadata saw it, else any replica (a follower forwards writes through Raft and
         serves linearizable reads with ReadIndex)."""
+        lead, holders = self._holders(shard)
+        return NotLeader(
+            f"node {self.node.cfg.node_id} has no replica of shard {shard}",
+            shard=shard,
+            leader=lead,
+            leader_url=holders[0].http_url if holders else None,
+        )
+
+    def _holders(self, shard: int) -> tuple[int | None, list[Peer]]:
+        """The leader of ``shard`` as known here, and the other nodes holding a replica
+        of it: the leader first, then the voters of the shard map."""
         node = self.node
         st = node.cluster
         me = node.cfg.node_id
@@ -107,13 +120,8 @@ class NodeService:
         candidates = [] if st is None else list(st.shard_map[shard].voters)
         if lead is not None:
             candidates.insert(0, lead)
-        peer = next((node.members[n] for n in candidates if n != me and n in node.members), None)
-        return NotLeader(
-            f"node {me} has no replica of shard {shard}",
-            shard=shard,
-            leader=lead,
-            leader_url=None if peer is None else peer.http_url,
-        )
+        ids = dict.fromkeys(n for n in candidates if n != me and n in node.members)
+        return lead, [node.members[n] for n in ids]
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -292,9 +300,7 @@ class NodeService:
         """Up to ``limit`` keys of a shard this node has no replica of, read over HTTP
         from a node that has one (page by page). JSON values come back byte for byte
         (the listing embeds them raw)."""
-        url = self._not_here(shard).details.get("leader_url")
-        if not isinstance(url, str):
-            raise Unavailable(f"no node is known to hold shard {shard}", shard=shard)
+        url = self._url_of(shard)
         params: dict[str, str] = {"shard": str(shard), "consistency": consistency}
         if prefix:
             params["prefix"] = prefix
@@ -354,8 +360,9 @@ class NodeService:
     async def watch(
         self, *, prefix: str | None = None, since: str | None = None, shard: int | None = None
     ) -> AsyncIterator[dict[str, Any]]:
-        """The change feed of one shard (cursor: that shard's revision). On a sharded
-        cluster ``shard`` is needed, unless the prefix lies inside one hash tag."""
+        """The change feed. One shard's (cursor: that shard's revision) on an unsharded
+        cluster, with ``shard=``, or for a prefix inside one hash tag; otherwise, on a
+        sharded cluster, every shard's merged (cursor: a ``w1.`` revision per shard)."""
         node = self.node
         if not node.sharded:
             if shard not in (None, DATA_GROUP):
@@ -363,20 +370,28 @@ class NodeService:
             shard = DATA_GROUP
         elif shard is None:
             if not prefix or hash_tag(prefix) is None:
-                raise InvalidInput(
-                    "watch needs shard= on a sharded cluster (a feed across shards is not "
-                    "built yet), or a prefix inside one hash tag",
-                    shards=node.shard_count,
-                )
+                async for item in self._watch_across(prefix, since):
+                    yield item
+                return
             shard = shard_of(prefix, node.shard_count)
         rep = self._rep_for(self._check_shard(shard) if node.sharded else shard)
         if since is None or since == "":
-            after = rep.store.sm.revision
-            yield {"cursor": str(after)}  # a position: resume from here
+            after = None
         elif since.isdigit():
             after = int(since)
         else:
             raise InvalidInput(f"watch cursor {since!r} is not a revision number", since=since)
+        async for item in self._feed(rep, prefix, after):
+            yield item
+
+    async def _feed(
+        self, rep: Replica, prefix: str | None, after: int | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One local shard's changes after revision ``after`` (None: from now on, first
+        the position of now); positions ``{"cursor"}`` when only other keys changed."""
+        if after is None:
+            after = rep.store.sm.revision
+            yield {"cursor": str(after)}  # a position: resume from here
         while True:
             sm = rep.store.sm  # a snapshot install replaces the store
             skipped = False
@@ -390,6 +405,54 @@ class NodeService:
             if skipped:
                 yield {"cursor": str(after)}
             await rep.wait_change(after)
+
+    async def _watch_across(
+        self, prefix: str | None, since: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every shard's feed merged (:class:`~tidekv.scatter.Scatter`): the shards this
+        node holds are read locally, the others streamed from a node that holds them
+        (``GET /v1/watch?shard=N``, reopened on another one when it breaks)."""
+        node = self.node
+        count = node.shard_count
+        if since == "0":  # from the beginning: unambiguous for any shard count
+            since = WatchCursor.zero(count).encode()
+        elif since:  # refused here, before any stream opens: the edge answers 400
+            try:
+                WatchCursor.decode(since, count)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), parameter="since") from None
+        opened: dict[int, int] = {}
+
+        def url_of(shard: int) -> str:
+            # each (re)open of a shard's stream tries the next holder, the leader first:
+            # a stream that broke may have broken with its node
+            _, holders = self._holders(shard)
+            if not holders:
+                raise Unavailable(f"no node is known to hold shard {shard}", shard=shard)
+            n = opened.get(shard, 0)
+            opened[shard] = n + 1
+            return holders[n % len(holders)].http_url
+
+        timeout = httpx.Timeout(self.timeout, read=_REMOTE_WATCH_READ)
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            remote = HTTPShards(http, url_of, query={"prefix": prefix} if prefix else None)
+
+            def stream(shard: int, after: int | None) -> AsyncIterator[Mapping[str, Any]]:
+                rep = node.replicas.get(shard)
+                if rep is not None:
+                    return self._feed(rep, prefix, after)
+                return remote.stream(shard, after)
+
+            scatter = Scatter(count, remote.fetch, stream)
+            async for item in scatter.watch(prefix=prefix, since=since or None):
+                yield item
+
+    def _url_of(self, shard: int) -> str:
+        """The URL of a node holding a replica of ``shard`` (its leader if known)."""
+        url = self._not_here(shard).details.get("leader_url")
+        if not isinstance(url, str):
+            raise Unavailable(f"no node is known to hold shard {shard}", shard=shard)
+        return url
 
     def _event(self, rep: Replica, revision: int, key: str, version_id: str) -> dict[str, Any]:
         sm = rep.store.sm
@@ -673,6 +736,7 @@ class NodeService:
 
 
 _REMOTE_PAGE = 1000
+_REMOTE_WATCH_READ = 60.0  # a shard stream sends a comment every 15 s when idle
 
 
 class _RemoteItem(msgspec.Struct):
