@@ -136,6 +136,14 @@ def serve(
         ),
     ] = None,
     ready_file: Annotated[str | None, typer.Option("--ready-file", hidden=True)] = None,
+    balance_leaders: Annotated[
+        bool,
+        typer.Option(
+            "--balance-leaders",
+            help="Sharded clusters: spread shard leaders evenly over the nodes "
+            "(experimental: a request can fail with 503 during a transfer).",
+        ),
+    ] = False,
     compact_every: Annotated[
         int, typer.Option("--compact-every", hidden=True, help="Raft log compaction period.")
     ] = 10_000,
@@ -165,6 +173,7 @@ def serve(
             cluster_id=cluster_id,
             tick_ms=tick_ms,
             compact_every=compact_every,
+            balance_leaders=balance_leaders,
             shards=shards,
         )
         cfg.me()

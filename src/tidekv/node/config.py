@@ -120,6 +120,10 @@ class NodeConfig:
     ``node.json``, else 1). 1 is the unsharded cluster: one data group whose Raft ids are
     the node ids. More: a metadata group plus one data group per shard
     (docs/sharding.md)."""
+    balance_leaders: bool = False
+    """A sharded cluster's metadata leader transfers shard leaderships to spread them
+    evenly (docs/sharding.md). Off by default until writes and reads ride out the short
+    leaderless window of a transfer: today they can fail with 503 in it."""
     quiesce: bool = True
     """Idle groups stop ticking and heartbeating (docs/raft.md, "Quiescence"); the
     environment variable TIDEKV_QUIESCE=0 turns it off too."""

@@ -200,7 +200,8 @@ class Node:
             if meta.state.shards:
                 self.cluster = meta.state
         self._reconcile()
-        self._spawn(self._balance_leaders())
+        if self.cfg.balance_leaders:
+            self._spawn(self._balance_leaders())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
