@@ -109,7 +109,7 @@ def run_op(c: cb.TideCluster, op: str, args: argparse.Namespace) -> dict[str, An
         "p99_ms": cb.percentile(lat, 0.99),
         "errors": load.errors,
         "statuses": dict(load.statuses),
-        "connections": {str(c.ports.index(p) + 1): len(r) for p, r in plan},
+        "keys_by_node": {str(c.ports.index(p) + 1): len(r) for p, r in plan},
         "node_cpu_pct": nodes,
         "server_cpu_us_per_op": 1e4 * sum(nodes) / ops if ops else math.nan,
         "loadgen_cpu_pct": cpu.get("loadgen"),
@@ -290,7 +290,8 @@ def main() -> int:
         summary,
         Path(args.png),
         f"tidekv {env['tidekv_commit']}, {env['cpus']} CPUs, "
-        f"load avg {la:.1f} at start, {args.clients} clients, route {args.route}",
+        f"load avg {la:.1f} at start, {args.clients} clients, route {args.route}, "
+        f"median of {args.rounds} round(s)",
     )
     print(f"\n{args.json}\n{args.png}")
     return 0
