@@ -276,16 +276,18 @@ class Cluster:
 class TideCluster(Cluster):
     name = "tidekv"
 
-    def __init__(self, root: Path, engine: str, shards: int = 1) -> None:
+    def __init__(self, root: Path, engine: str, shards: int = 1, nodes: int = 3) -> None:
         super().__init__(root)
         self.engine = engine
         self.shards = shards
+        self.nodes = nodes
 
     def start(self) -> None:
-        ports = free_ports(6)
-        self.ports, raft = ports[:3], ports[3:]
-        peers = ",".join(f"{i + 1}={HOST}:{self.ports[i]}/{HOST}:{raft[i]}" for i in range(3))
-        for i in range(3):
+        n = self.nodes
+        ports = free_ports(2 * n)
+        self.ports, raft = ports[:n], ports[n:]
+        peers = ",".join(f"{i + 1}={HOST}:{self.ports[i]}/{HOST}:{raft[i]}" for i in range(n))
+        for i in range(n):
             cmd = [
                 sys.executable, "-m", "tidekv", "serve",
                 "--id", str(i + 1),
@@ -299,7 +301,7 @@ class TideCluster(Cluster):
             self.procs.append(spawn(cmd, self.root / f"n{i + 1}.log"))
 
     def find_leader(self) -> int | None:
-        for i in range(3):
+        for i in range(len(self.ports)):
             info = self.http.get(self.url(i) + "/v1/cluster").json()
             lead = info["shards"][0]["leader"]
             if (
@@ -488,8 +490,9 @@ class Conn(asyncio.Protocol):
 
     STRIDE = 7919  # walk the keys in a scattered order, each connection from its own start
 
-    def __init__(self, load: Load, start: int) -> None:
+    def __init__(self, load: Load, start: int, requests: list[bytes] | None = None) -> None:
         self.load = load
+        self.requests = requests if requests is not None else load.requests  # with routes
         self.i = start
         self.buf = b""
         self.sent = 0
@@ -511,7 +514,7 @@ class Conn(asyncio.Protocol):
             req = load.requests[load.next]
             load.next += 1
         else:
-            req = load.requests[self.i % len(load.requests)]
+            req = self.requests[self.i % len(self.requests)]
             self.i += self.STRIDE
         load.inflight += 1
         self.waiting = True
@@ -607,17 +610,25 @@ async def drive(
     once: bool = False,
     on_window: Callable[[], None] | None = None,
     sampler: Sampler | None = None,
+    routes: list[tuple[int, list[bytes]]] | None = None,
 ) -> Load:
     """Run ``clients`` connections against ``HOST:port``; see :class:`Load` for the result.
-    ``on_window`` is called when the measured window opens."""
+    ``on_window`` is called when the measured window opens. With ``routes`` (port, its
+    requests), ``port`` and ``requests`` are ignored and the connections are split over the
+    routes in proportion to their requests, each route getting at least one (a client that
+    sends every key to the node that leads its shard)."""
     loop = asyncio.get_running_loop()
     load = Load(requests, once)
     load.done = loop.create_future()
     rng = random.Random(clients)
+    plan = [(port, requests)] * clients
+    if routes:
+        total = sum(len(r) for _, r in routes)
+        plan = [(p, r) for p, r in routes for _ in range(max(1, round(clients * len(r) / total)))]
     conns: list[Conn] = []
-    for _ in range(clients):
+    for p, reqs in plan:
         _, proto = await loop.create_connection(
-            lambda: Conn(load, rng.randrange(len(requests))), HOST, port
+            lambda reqs=reqs: Conn(load, rng.randrange(len(reqs)), reqs), HOST, p
         )
         conns.append(proto)
     now = time.perf_counter_ns()
