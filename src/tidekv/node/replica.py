@@ -114,7 +114,16 @@ def wall_ms() -> int:
 
 
 class Replica:
-    """A replica of one shard's Raft group."""
+    """A replica of one shard's Raft group.
+
+    Waking the node's loop: the loop looks only at the replicas marked since its last
+    turn (:mod:`tidekv.node.server`, "dirty replicas"). Whatever gives this replica's
+    core work from outside the loop's own turn (a proposal, a read, a conf change, a
+    ``raw.step``/``transfer_leader``/``unquiesce``/``campaign``/``report_*``, a retry
+    from a background task) must be followed by :meth:`wake` (the same as
+    ``node.wake(rep)``); the requests below do it themselves. A missed wake is a stall
+    until the next message or tick of this group, forever if the group is quiesced.
+    """
 
     node_of: Callable[[int], int] | None = None
     """Raft id -> node id for the transport, when the group's Raft ids are replica ids."""
@@ -258,6 +267,10 @@ class Replica:
                 fut.set_exception(Unavailable("the node is shutting down"))
         OUTGOING.release_engine(self.engine)
         self.store.close()
+
+    def wake(self) -> None:
+        """Make the node's loop look at this replica in its next turn (class docstring)."""
+        self._wake()
 
     # -- state ----------------------------------------------------------------------------
 

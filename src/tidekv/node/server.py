@@ -2,8 +2,9 @@
 
 The loop (:meth:`Node._drive`), once per wake-up:
 
-1. every replica hands its queued proposals and read requests to its core;
-2. every replica with a Ready sends ``messages`` at once, writes entries, hard state
+1. every replica that may have work (the *dirty* ones, below) hands its queued proposals
+   and read requests to its core;
+2. every such replica with a Ready sends ``messages`` at once, writes entries, hard state
    and snapshot to the shared WAL (buffered);
 3. ONE ``fsync`` of the WAL, in a worker thread, covers every group's writes since the
    last one (group commit) — the loop keeps accepting requests meanwhile, and they are
@@ -15,6 +16,17 @@ The loop (:meth:`Node._drive`), once per wake-up:
 
 Ticks come from a timer every ``tick_ms``. Messages from peers are stepped as they
 arrive (the transport calls :meth:`Node._on_messages`) and wake the loop.
+
+Dirty replicas: a turn looks only at the replicas marked since the last turn, not at every
+hosted one (64+ groups on a node, one of them busy, would cost 64 ``has_ready`` calls a
+turn). Whatever can give a replica's core work marks it: a queued proposal, read or
+membership change (the replica's own wake callback, :meth:`Replica.wake`), a message
+stepped, a tick of a group that is not quiesced, a liveness wake-up, a transport report
+(unreachable peer, snapshot status), a new group's campaign; a replica that had a Ready in
+a turn is looked at again in the next (``advance`` may leave more). Code that touches a
+replica's ``raw`` from outside calls ``node.wake(rep)`` afterwards; ``node.wake()`` marks
+every replica (always safe). A missed mark is a stall: ``TIDEKV_DRIVE_ALL=1`` makes every
+turn look at every replica again, to bisect one (and for the side-by-side bench).
 
 Quiescence (docs/raft.md): an idle group's replicas stop ticking, and the timer skips
 them, so an idle group costs a flag test per tick and nothing on the wire. What wakes a
@@ -30,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -87,6 +100,10 @@ LIVENESS_GROUP = -1
 QUIESCE_ENV = "TIDEKV_QUIESCE"
 """``0`` turns quiescence (and the liveness pings) off, for benchmarks and bisecting."""
 
+DRIVE_ALL_ENV = "TIDEKV_DRIVE_ALL"
+"""``1``: every loop turn looks at every replica, not just the dirty ones (bisecting a
+missed wake-up; bench/busy_shard.py's reference)."""
+
 EXTRA_GROUPS_ENV = "TIDEKV_IDLE_GROUPS_FOR_BENCH"
 """Testing/benchmarks only: open this many extra groups (ids 1..N) with the same peers.
 They hold no data reachable through the API; bench/idle_groups.py measures their cost."""
@@ -102,6 +119,9 @@ class Node:
         self.log: NodeLog
         self.transport: PeerTransport
         self._wake_ev = asyncio.Event()
+        self._dirty: dict[int, None] = {}
+        """Groups the loop looks at in its next turn (an ordered set, see the module doc)."""
+        self._drive_all = os.environ.get(DRIVE_ALL_ENV, "0") == "1"
         self._closing = False
         self._driver: asyncio.Task[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
@@ -353,7 +373,7 @@ class Node:
             engine_path=path,
             origin=self.identity.cluster_id,
             raft_config=raft_config,
-            wake=self.wake,
+            wake=functools.partial(self._wake_group, group),
             on_peers_changed=self._on_peers_changed if not self.sharded else _ignore_peers,
             max_key_bytes=cfg.max_key_bytes,
             max_value_bytes=cfg.max_value_bytes,
@@ -372,6 +392,7 @@ class Node:
             self._on_peers_changed(rep.peers)
         if len(rep.raw.raft.voters) == 1 and raft_id in rep.raw.raft.voters:
             rep.raw.campaign()  # a single-node cluster need not wait an election timeout
+        self.wake(rep)  # a new replica may have work at once (its campaign, a restart)
         return rep
 
     async def stop(self) -> None:
@@ -396,7 +417,18 @@ class Node:
 
     # -- inputs -----------------------------------------------------------------------------
 
-    def wake(self) -> None:
+    def wake(self, rep: Replica | None = None) -> None:
+        """Make the loop look at ``rep`` in its next turn; no replica: at every one.
+        Call it after touching a replica's core (``rep.raw``) from outside the loop."""
+        if rep is None:
+            self._dirty.update(dict.fromkeys(self.replicas))
+        else:
+            self._dirty[rep.group] = None
+        self._wake_ev.set()
+
+    def _wake_group(self, group: int) -> None:
+        """A replica's own wake callback (:meth:`Replica.wake`)."""
+        self._dirty[group] = None
         self._wake_ev.set()
 
     def _schedule_tick(self) -> None:
@@ -406,17 +438,17 @@ class Node:
         self._ticker = loop.call_later(self.cfg.tick_ms / 1000, self._tick)
 
     def _tick(self) -> None:
-        ticked = False
-        for rep in self.replicas.values():
+        dirty = self._dirty
+        for group, rep in self.replicas.items():
             raw = rep.raw
             if not raw.raft.quiesced:  # a quiesced group's tick does nothing: skip it
                 raw.tick()
-                ticked = True
+                dirty[group] = None
         self._ticks += 1
         if self.quiesce and self._ticks % self.cfg.heartbeat_tick == 0:
             self._ping_peers()
-        if ticked:
-            self.wake()
+        if dirty:
+            self._wake_ev.set()
         self._schedule_tick()
 
     # -- node liveness (quiescence) ---------------------------------------------------------
@@ -446,11 +478,12 @@ class Node:
             # a sharded data group's Raft ids are replica ids: name the leader's node
             if (lead if rep.node_of is None else rep.node_of(lead)) in nodes:
                 raw.unquiesce()
+                self._dirty[rep.group] = None
                 woke += 1
         if woke:
             self.stats["liveness_wakes"] += woke
             log.info("woke %d quiesced groups led by silent node(s) %s", woke, sorted(nodes))
-            self.wake()
+            self._wake_ev.set()
 
     def groups_quiesced(self) -> int:
         return sum(rep.raw.quiesced for rep in self.replicas.values())
@@ -464,6 +497,7 @@ class Node:
             if rep is None:
                 continue  # a liveness ping (or a group not hosted here)
             stepped = True
+            self._dirty[group] = None
             if m.frm in rep.removed or (rep.node_of is None and frm in rep.removed):
                 # a removed member (still running, or restarted on its old data) must not
                 # disturb the group: no votes for it, no acks counted from it
@@ -481,7 +515,7 @@ class Node:
             except Exception:  # a malformed message must not take the node down
                 log.exception("group %d: bad message from node %d", group, frm)
         if stepped:
-            self.wake()
+            self._wake_ev.set()
 
     def _on_unreachable(self, peer: int) -> None:
         for rep in self.replicas.values():
@@ -497,7 +531,7 @@ class Node:
         rid = None if rep is None else _raft_id(rep, to)
         if rep is not None and rid is not None:
             rep.raw.report_snapshot(rid, ok)
-            self.wake()
+            self.wake(rep)
 
     def _snapshot_sink(self, frm: int, group: int, m: Message) -> SnapshotSink | None:
         rep = self.replicas.get(group)
@@ -523,13 +557,17 @@ class Node:
 
     async def _drive(self) -> None:
         loop = asyncio.get_running_loop()
+        replicas = self.replicas
         while not self._closing:
             await self._wake_ev.wait()
             self._wake_ev.clear()
             while True:
                 self.stats["loops"] += 1
+                # the dirty groups (every group with TIDEKV_DRIVE_ALL); a mark made while
+                # this turn runs sets the event again, so the next turn sees it
+                dirty, self._dirty = self._dirty, {}
                 readies: list[tuple[Replica, Ready]] = []
-                for rep in self.replicas.values():
+                for rep in replicas.values() if self._drive_all else _hosted(replicas, dirty):
                     rep.before_ready()
                     if rep.raw.has_ready():
                         readies.append((rep, rep.raw.ready()))
@@ -564,6 +602,7 @@ class Node:
                     except Exception:
                         log.exception("group %d: applying a Ready failed", rep.group)
                         raise
+                    self._dirty[rep.group] = None  # advance may have left more work
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -572,6 +611,11 @@ class Node:
             return self.replicas[group]
         except KeyError:
             raise InvalidInput(f"no shard {group} on this node") from None
+
+
+def _hosted(replicas: dict[int, Replica], groups: dict[int, None]) -> list[Replica]:
+    """The replicas of ``groups`` still hosted (a group may close between two turns)."""
+    return [rep for g in groups if (rep := replicas.get(g)) is not None]
 
 
 def _ignore_peers(peers: dict[int, Peer]) -> None:
