@@ -67,6 +67,7 @@ async def run_node(cfg: NodeConfig, *, ready_file: str | None = None) -> int:
     try:
         await server.serve()
     finally:
+        await service.aclose()  # its pooled client to the other nodes (lifespan did, too)
         await node.stop()
     return rc
 

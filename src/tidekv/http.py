@@ -315,8 +315,12 @@ class App:
         self._closing.set()
 
     async def aclose(self) -> None:
-        """Close the shared forwarding client (done at lifespan shutdown)."""
+        """Close the shared forwarding client and the service's own clients, if it has
+        any (done at lifespan shutdown)."""
         await self.forwarder.aclose()
+        service_aclose = getattr(self.service, "aclose", None)
+        if service_aclose is not None:
+            await service_aclose()
 
     # -- request helpers ----------------------------------------------------------
 

@@ -225,7 +225,8 @@ class HTTPShards:
     """``fetch`` and ``stream`` over HTTP: shard ``s`` is asked at ``url_of(s)``, with
     ``shard=s`` added to the query when ``shard_param`` (the node's per-shard routes),
     and ``query`` added to every request (a watch's ``prefix``). ``client``: an
-    :class:`httpx.AsyncClient` the caller owns."""
+    :class:`httpx.AsyncClient` the caller owns (a node's pooled one); ``stream_timeout``:
+    the timeout of a stream's requests (an ``httpx.Timeout``; None: the client's)."""
 
     def __init__(
         self,
@@ -234,8 +235,10 @@ class HTTPShards:
         *,
         shard_param: bool = True,
         query: Mapping[str, str] | None = None,
+        stream_timeout: Any = None,
     ) -> None:
         self.client = client
+        self.stream_timeout = stream_timeout
         self.url_of = url_of
         self.shard_param = shard_param
         self.query = dict(query or {})  # added to every request (a watch's prefix)
@@ -269,8 +272,9 @@ class HTTPShards:
 
         params = self._params(shard, {} if since is None else {"since": str(since)})
         try:
+            extra = {} if self.stream_timeout is None else {"timeout": self.stream_timeout}
             async with self.client.stream(
-                "GET", self.url_of(shard) + "/v1/watch", params=params
+                "GET", self.url_of(shard) + "/v1/watch", params=params, **extra
             ) as resp:
                 if resp.status_code != 200:
                     body = await resp.aread()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import heapq
-import itertools
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -48,7 +47,7 @@ from tidekv.scatter import HTTPShards, Scatter
 from tidekv.service import CONSISTENCY_LEVELS, Consistency
 from tidekv.sharding.keys import hash_tag, shard_of
 from tidekv.sharding.replicas import node_of
-from tidekv.sharding.scatter import WatchCursor
+from tidekv.sharding.scatter import ListingMerge, ShardPage, WatchCursor, successor
 from tidekv.statemachine import WriteResult
 from tidekv.store import AsOf, Item, VersionInfo
 from tidekv.versioning import (
@@ -70,6 +69,25 @@ class NodeService:
         self.timeout = node.cfg.request_timeout
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_NodeCollector(node))
+        self._http: httpx.AsyncClient | None = None
+
+    def peer_http(self) -> httpx.AsyncClient:
+        """The node's one pooled HTTP client to other nodes (remote listing pages and
+        shard streams of a sharded cluster), opened on first use, closed by
+        :meth:`aclose`: keep-alive connections are reused across requests."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout * 2, connect=_PEER_CONNECT_TIMEOUT),
+                limits=_PEER_LIMITS,
+                follow_redirects=False,
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        """Close the pooled client (the HTTP app's lifespan shutdown, and node stop)."""
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
 
     def shard_of(self, key: str) -> int:
         node = self.node
@@ -265,17 +283,18 @@ class NodeService:
         if shard is not None:
             rep = await self._barrier(consistency, self._rep_for(self._check_shard(shard)))
             return list(rep.store.scan(prefix, start=start, end=end, limit=limit))
+        shard_ids = list(range(node.shard_count))
+        if limit is not None:
+            return await self._merged_scan(shard_ids, prefix, start, end, limit, consistency)
         reps: list[Replica] = []
         remote: list[asyncio.Task[list[Item]]] = []
-        for s in range(node.shard_count):
+        for s in shard_ids:
             local = node.replicas.get(s)
             if local is not None:
                 reps.append(local)
             else:  # from a node that has it, concurrently with the local barriers
                 remote.append(
-                    asyncio.ensure_future(
-                        self._remote_scan(s, prefix, start, end, limit, consistency)
-                    )
+                    asyncio.ensure_future(self._remote_scan(s, prefix, start, end, consistency))
                 )
         try:
             await asyncio.gather(*(self._barrier(consistency, r) for r in reps))
@@ -283,10 +302,71 @@ class NodeService:
             for t in remote:
                 t.cancel()
             raise
-        pages = [list(r.store.scan(prefix, start=start, end=end, limit=limit)) for r in reps]
+        pages = [list(r.store.scan(prefix, start=start, end=end)) for r in reps]
         pages.extend(await asyncio.gather(*remote))
-        merged = heapq.merge(*pages, key=lambda item: item.key)
-        return list(merged if limit is None else itertools.islice(merged, limit))
+        return list(heapq.merge(*pages, key=_item_key))
+
+    async def _merged_scan(
+        self,
+        shard_ids: list[int],
+        prefix: str | None,
+        start: str | None,
+        end: str | None,
+        limit: int,
+        consistency: str,
+    ) -> list[Item]:
+        """The first ``limit`` keys over ``shard_ids``, asking each shard only for what
+        the merge may need (:class:`~tidekv.sharding.scatter.ListingMerge`: about
+        2·limit/shards keys each first, then more from the shards that block the page),
+        not ``limit`` from every one. Local shards pass their read barrier once, all in
+        one loop turn; a remote shard's node passes it for each page it serves."""
+        node = self.node
+        local = {s: r for s in shard_ids if (r := node.replicas.get(s)) is not None}
+        await asyncio.gather(*(self._barrier(consistency, r) for r in local.values()))
+        merge: ListingMerge[Item] = ListingMerge(shard_ids, limit, start=start, key=_item_key)
+        while wanted := merge.wanted():
+            remote = [
+                (f.shard, self._remote_page(f.shard, prefix, f.start, end, f.limit, consistency))
+                for f in wanted
+                if f.shard not in local
+            ]
+            for f in wanted:
+                rep = local.get(f.shard)
+                if rep is not None:
+                    got = list(rep.store.scan(prefix, start=f.start, end=end, limit=f.limit + 1))
+                    merge.feed(f.shard, ShardPage(got[: f.limit], more=len(got) > f.limit))
+            pages = await asyncio.gather(*(c for _, c in remote))
+            for (sid, _), page in zip(remote, pages, strict=True):
+                merge.feed(sid, page)
+        return merge.result()[0]
+
+    async def _remote_page(
+        self,
+        shard: int,
+        prefix: str | None,
+        start: str | None,
+        end: str | None,
+        limit: int,
+        consistency: str,
+    ) -> ShardPage[Item]:
+        """Up to ``limit`` keys ``>= start`` of a shard this node has no replica of, read
+        over HTTP from a node that has one. JSON values come back byte for byte (the
+        listing embeds them raw)."""
+        url = self._url_of(shard)
+        params = {"shard": str(shard), "consistency": consistency, "limit": str(limit)}
+        for name, value in (("prefix", prefix), ("start", start), ("end", end)):
+            if value is not None:
+                params[name] = value
+        try:
+            r = await self.peer_http().get(url + "/v1/kv", params=params)
+        except httpx.TransportError as exc:
+            raise Unavailable(
+                f"shard {shard} from {url}: {exc or type(exc).__name__}", shard=shard
+            ) from exc
+        if r.status_code != 200:
+            raise Unavailable(f"shard {shard} from {url}: HTTP {r.status_code}", shard=shard)
+        page = _page_dec.decode(r.content)
+        return ShardPage([i.item() for i in page.items], more=page.next is not None)
 
     async def _remote_scan(
         self,
@@ -294,37 +374,16 @@ class NodeService:
         prefix: str | None,
         start: str | None,
         end: str | None,
-        limit: int | None,
         consistency: str,
     ) -> list[Item]:
-        """Up to ``limit`` keys of a shard this node has no replica of, read over HTTP
-        from a node that has one (page by page). JSON values come back byte for byte
-        (the listing embeds them raw)."""
-        url = self._url_of(shard)
-        params: dict[str, str] = {"shard": str(shard), "consistency": consistency}
-        if prefix:
-            params["prefix"] = prefix
-        if start is not None:
-            params["start"] = start
-        if end is not None:
-            params["end"] = end
+        """Every key of a remote shard (an unbounded listing), page by page."""
         items: list[Item] = []
-        async with httpx.AsyncClient(timeout=self.timeout * 2) as http:
-            while limit is None or len(items) < limit:
-                want = _REMOTE_PAGE if limit is None else min(_REMOTE_PAGE, limit - len(items))
-                r = await http.get(url + "/v1/kv", params={**params, "limit": str(want)})
-                if r.status_code != 200:
-                    raise Unavailable(
-                        f"shard {shard} from {url}: HTTP {r.status_code}",
-                        shard=shard,
-                    )
-                page = _page_dec.decode(r.content)
-                items.extend(i.item() for i in page.items)
-                if page.next is None:
-                    break
-                params.pop("start", None)
-                params["cursor"] = page.next
-        return items
+        while True:
+            page = await self._remote_page(shard, prefix, start, end, _REMOTE_PAGE, consistency)
+            items.extend(page.items)
+            if not page.more:
+                return items
+            start = successor(items[-1].key)
 
     async def history(
         self,
@@ -433,19 +492,22 @@ class NodeService:
             opened[shard] = n + 1
             return holders[n % len(holders)].http_url
 
-        timeout = httpx.Timeout(self.timeout, read=_REMOTE_WATCH_READ)
-        async with httpx.AsyncClient(timeout=timeout) as http:
-            remote = HTTPShards(http, url_of, query={"prefix": prefix} if prefix else None)
+        remote = HTTPShards(
+            self.peer_http(),
+            url_of,
+            query={"prefix": prefix} if prefix else None,
+            stream_timeout=httpx.Timeout(self.timeout, read=_REMOTE_WATCH_READ),
+        )
 
-            def stream(shard: int, after: int | None) -> AsyncIterator[Mapping[str, Any]]:
-                rep = node.replicas.get(shard)
-                if rep is not None:
-                    return self._feed(rep, prefix, after)
-                return remote.stream(shard, after)
+        def stream(shard: int, after: int | None) -> AsyncIterator[Mapping[str, Any]]:
+            rep = node.replicas.get(shard)
+            if rep is not None:
+                return self._feed(rep, prefix, after)
+            return remote.stream(shard, after)
 
-            scatter = Scatter(count, remote.fetch, stream)
-            async for item in scatter.watch(prefix=prefix, since=since or None):
-                yield item
+        scatter = Scatter(count, remote.fetch, stream)
+        async for item in scatter.watch(prefix=prefix, since=since or None):
+            yield item
 
     def _url_of(self, shard: int) -> str:
         """The URL of a node holding a replica of ``shard`` (its leader if known)."""
@@ -736,6 +798,10 @@ class NodeService:
 
 
 _REMOTE_PAGE = 1000
+_PEER_CONNECT_TIMEOUT = 5.0
+_PEER_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=32, keepalive_expiry=15)
+"""Connections to other nodes: a merged listing asks at most one page per remote shard at
+once, a merged watch holds one stream per remote shard; idle ones close after 15 s."""
 _REMOTE_WATCH_READ = 60.0  # a shard stream sends a comment every 15 s when idle
 
 
@@ -771,6 +837,10 @@ class _RemotePage(msgspec.Struct):
 
 
 _page_dec = msgspec.json.Decoder(_RemotePage)
+
+
+def _item_key(item: Item) -> str:
+    return item.key
 
 
 class _NodeCollector(Collector):
