@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .proc_cluster import port_free
+from .proc_cluster import free_base_port, port_free
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,12 +33,6 @@ def tide(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         cwd=cwd,
         env={**os.environ, "TIDE_URL": "", "TIDE_PATH": "", "TIDE_DATA_DIR": ""},
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Serve:
@@ -129,7 +122,7 @@ def test_serve_serves_the_embedded_store_the_cli_made(tmp_path: Path, serves: li
     for doc in ('{"msg": "world"}', '{"msg": "tide"}'):  # the README's quick start
         r = tide("put", "hello", doc, "--json-doc", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
-    port = free_port()
+    port = free_base_port(1)  # reserved, below the ephemeral range
     url = f"http://127.0.0.1:{port}"
     srv = Serve(tmp_path, "--address", f"127.0.0.1:{port}")
     serves.append(srv)
