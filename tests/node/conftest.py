@@ -7,18 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from .proc_cluster import ProcCluster
+from .proc_cluster import ProcCluster, running
 
 
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[ProcCluster]:
     """Three ``tide serve`` processes on loopback, each serving (a leader needs only two
     of them: a test must not race the third's start), all stopped at teardown."""
-    c = ProcCluster(tmp_path, 3)
-    c.start_all()
-    try:
-        for i in (1, 2, 3):
-            c.wait_ready(i)
+    with running(tmp_path, 3) as c:
         yield c
-    finally:
-        c.close()

@@ -1,7 +1,10 @@
 """A cluster of real ``tide serve`` processes on loopback, for the node tests.
 
 Each node is ``python -m tidekv serve`` with its own data directory, HTTP port and peer
-port (HTTP port + 100). The harness talks to the nodes over real HTTP only.
+port (HTTP port + 100). The harness talks to the nodes over real HTTP only. Ports come
+from :func:`tidekv.chaos.ports.free_base_port`: a block reserved for this test process
+(no other process using it gets the same ports), below the kernel's ephemeral range (no
+client connection can take a port a stopped node will bind again).
 """
 
 from __future__ import annotations
@@ -13,27 +16,18 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tidekv.chaos.ports import port_free
+from tidekv.chaos.ports import free_base_port, port_free
 from tidekv.cli_node import serve_command
 
+__all__ = ["DEADLINE", "ProcCluster", "free_base_port", "port_free", "running", "sse_events"]
+
 DEADLINE = 60.0
-
-
-def free_base_port(n: int, rng_seed: int | None = None) -> int:
-    """A base port such that base..base+n-1 and those +100 are free."""
-    import random
-
-    rng = random.Random(rng_seed)
-    for _ in range(200):
-        base = rng.randrange(20000, 40000)
-        if all(port_free(base + i) and port_free(base + i + 100) for i in range(n + 1)):
-            return base
-    raise RuntimeError("no free ports")
 
 
 class ProcCluster:
@@ -198,6 +192,21 @@ class ProcCluster:
             if line.startswith(name + "{") or line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])
         return None
+
+
+@contextlib.contextmanager
+def running(root: Path, n: int, **options: Any) -> Iterator[ProcCluster]:
+    """A :class:`ProcCluster` of ``n`` nodes (``options``: its keyword arguments), every
+    node started and serving (``/ready``) before the body runs; every node stopped (a
+    SIGSTOPped one too) when it ends, however it ends, the start included."""
+    c = ProcCluster(root, n, **options)
+    try:
+        c.start_all()
+        for i in range(1, n + 1):
+            c.wait_ready(i)
+        yield c
+    finally:
+        c.close()
 
 
 def sse_events(resp: httpx.Response, count: int) -> list[tuple[str | None, dict[str, Any]]]:

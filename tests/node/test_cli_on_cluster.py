@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .proc_cluster import DEADLINE, ProcCluster
+from .proc_cluster import DEADLINE, ProcCluster, running
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -242,11 +242,5 @@ def test_bad_cluster_commands_exit_2_with_one_line_and_change_nothing(
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path_factory.mktemp("shared"), 3)
-    c.start_all()
-    try:
-        for i in (1, 2, 3):
-            c.wait_ready(i)
+    with running(tmp_path_factory.mktemp("shared"), 3) as c:
         yield c
-    finally:
-        c.close()

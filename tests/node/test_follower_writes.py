@@ -14,21 +14,15 @@ import pytest
 
 from tidekv.versioning import HLCTimestamp
 
-from .proc_cluster import ProcCluster
+from .proc_cluster import ProcCluster, running
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path_factory.mktemp("trio"), 3)
-    c.start_all()
-    try:
-        for i in (1, 2, 3):
-            c.wait_ready(i)
+    with running(tmp_path_factory.mktemp("trio"), 3) as c:
         yield c
-    finally:
-        c.close()
 
 
 def follower_of(c: ProcCluster, leader: int) -> int:
@@ -106,11 +100,7 @@ def test_concurrent_writes_through_both_followers_all_land(trio: ProcCluster) ->
 
 
 def test_writes_through_a_follower_survive_a_leader_kill(tmp_path: Path) -> None:
-    c = ProcCluster(tmp_path, 3)
-    c.start_all()
-    try:
-        for i in (1, 2, 3):
-            c.wait_ready(i)
+    with running(tmp_path, 3) as c:
         lead = c.leader()
         f = follower_of(c, lead)
         acked: dict[str, bytes] = {}
@@ -142,5 +132,3 @@ def test_writes_through_a_follower_survive_a_leader_kill(tmp_path: Path) -> None
             assert got.status_code == 200 and got.content == value, key
             versions = c.http.get(c.url(new_lead) + f"/v1/kv/{key}/history").json()["versions"]
             assert len(versions) == 1, key
-    finally:
-        c.close()

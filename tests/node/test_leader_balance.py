@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .proc_cluster import ProcCluster
+from .proc_cluster import ProcCluster, running
 
 SHARDS = 12
 DEADLINE = 90.0
@@ -25,17 +25,8 @@ DEADLINE = 90.0
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path, 3, shards=SHARDS, extra_args=("--balance-leaders",))
-    c.start_all()
-    try:
-        for i in (1, 2, 3):
-            c.wait_ready(i)
+    with running(tmp_path, 3, shards=SHARDS, extra_args=("--balance-leaders",)) as c:
         yield c
-    finally:
-        for i in (1, 2, 3):  # a stopped process cannot die of SIGTERM
-            if c.alive(i):
-                c.signal(i, signal.SIGCONT)
-        c.close()
 
 
 def leaders(c: ProcCluster, i: int) -> Counter[int] | None:
@@ -69,8 +60,10 @@ def test_leaders_spread_back_over_a_node_that_lost_them_all(cluster: ProcCluster
         c,
         1,
         "spread within 1.5x",
-        lambda n: min(n[x] for x in (1, 2, 3)) > 0
-        and max(n.values()) <= 1.5 * min(n[x] for x in (1, 2, 3)),
+        lambda n: (
+            min(n[x] for x in (1, 2, 3)) > 0
+            and max(n.values()) <= 1.5 * min(n[x] for x in (1, 2, 3))
+        ),
     )
     assert spread[3] >= 3, spread
     transfers = sum(c.metric(i, "tidekv_leader_balance_transfers_total") or 0 for i in (1, 2, 3))

@@ -8,20 +8,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from .proc_cluster import ProcCluster
+from .proc_cluster import ProcCluster, running
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path_factory.mktemp("single"), 1)
-    c.start_all()
-    c.wait_ready(1)
-    try:
+    with running(tmp_path_factory.mktemp("single"), 1) as c:
         yield c
-    finally:
-        c.close()
 
 
 def revision(c: ProcCluster) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .proc_cluster import DEADLINE, ProcCluster
+from .proc_cluster import DEADLINE, ProcCluster, running
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -63,14 +63,8 @@ def wait_for(what: str, cond: object, c: ProcCluster, timeout: float = DEADLINE)
 def groups_trio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ProcCluster]:
     monkeypatch.setenv("TIDEKV_IDLE_GROUPS_FOR_BENCH", str(EXTRA))
     monkeypatch.delenv("TIDEKV_QUIESCE", raising=False)
-    c = ProcCluster(tmp_path, 3)
-    c.start_all()
-    try:
-        for i in (1, 2, 3):
-            c.wait_ready(i)
+    with running(tmp_path, 3) as c:
         yield c
-    finally:
-        c.close()
 
 
 def test_idle_groups_quiesce_and_survive_the_death_of_their_leaders_node(

@@ -23,7 +23,7 @@ import pytest
 
 from tidekv.sharding.keys import shard_of
 
-from .proc_cluster import ProcCluster, sse_events
+from .proc_cluster import ProcCluster, running, sse_events
 
 SHARDS = 8
 DEADLINE = 60.0
@@ -31,14 +31,8 @@ DEADLINE = 60.0
 
 @pytest.fixture
 def sharded(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path, 3, shards=SHARDS)
-    c.start_all()
-    try:
-        for i in (1, 2, 3):
-            c.wait_ready(i)
+    with running(tmp_path, 3, shards=SHARDS) as c:
         yield c
-    finally:
-        c.close()
 
 
 def keys_over_every_shard(per_shard: int = 3) -> list[str]:
@@ -244,10 +238,7 @@ def test_sigkill_of_one_node_leaves_every_shard_serving(sharded: ProcCluster) ->
 
 
 def test_a_single_node_sharded_cluster_serves_every_shard(tmp_path: Path) -> None:
-    c = ProcCluster(tmp_path, 1, shards=4)
-    c.start_all()
-    try:
-        c.wait_ready(1)
+    with running(tmp_path, 1, shards=4) as c:
         keys = [f"solo{n}" for n in range(20)]
         for k in keys:
             r = c.put(1, k, b"s")
@@ -272,18 +263,12 @@ def test_a_single_node_sharded_cluster_serves_every_shard(tmp_path: Path) -> Non
         assert list_all(c, 1, "solo", 50) == sorted(keys)
         info = c.cluster(1)
         assert info is not None and info["shard_count"] == 4
-    finally:
-        c.close()
 
 
 def test_four_nodes_route_to_the_nodes_holding_each_shard(tmp_path: Path) -> None:
     """With 4 nodes and 3 replicas a node lacks some shards: it forwards their requests
     to a node that has one, and fetches their pages for a listing across shards."""
-    c = ProcCluster(tmp_path, 4, shards=SHARDS)
-    c.start_all()
-    try:
-        for i in (1, 2, 3, 4):
-            c.wait_ready(i)
+    with running(tmp_path, 4, shards=SHARDS) as c:
         info = wait_all_led(c, 1, [1, 2, 3, 4])
         placed = {s["id"]: s["replicas"] for s in info["shards"]}  # type: ignore[attr-defined]
         assert all(len(r) == 3 for r in placed.values())
@@ -303,5 +288,3 @@ def test_four_nodes_route_to_the_nodes_holding_each_shard(tmp_path: Path) -> Non
             s = lacking[i][0]
             mine = [k for k in keys if shard_of(k, SHARDS) == s]
             assert list_all(c, i, "k", 2, shard=str(s)) == mine  # forwarded
-    finally:
-        c.close()

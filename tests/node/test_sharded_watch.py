@@ -23,7 +23,7 @@ from tidekv.client import Event
 from tidekv.sharding.keys import shard_of
 from tidekv.sharding.scatter import WatchCursor
 
-from .proc_cluster import ProcCluster
+from .proc_cluster import ProcCluster, running
 from .test_sharded_cluster import (
     SHARDS,
     keys_over_every_shard,
@@ -236,11 +236,7 @@ def test_clients_and_tide_watch_follow_the_feed_across_shards(sharded: ProcClust
 def test_four_nodes_stream_the_shards_they_lack_from_nodes_that_hold_them(
     tmp_path: Path,
 ) -> None:
-    c = ProcCluster(tmp_path, 4, shards=SHARDS)
-    c.start_all()
-    try:
-        for i in (1, 2, 3, 4):
-            c.wait_ready(i)
+    with running(tmp_path, 4, shards=SHARDS) as c:
         info = wait_all_led(c, 1, [1, 2, 3, 4])
         placed = {s["id"]: s["replicas"] for s in info["shards"]}  # type: ignore[attr-defined]
         lacking = {i: {s for s, r in placed.items() if i not in r} for i in (1, 2, 3, 4)}
@@ -287,19 +283,12 @@ def test_four_nodes_stream_the_shards_they_lack_from_nodes_that_hold_them(
                 got = live.until(ends)
             check_once_in_key_order(got, after)
             assert lost in {d["shard"] for _, d in got}
-    finally:
-        c.close()
 
 
 @pytest.fixture
 def solo_unsharded(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path, 1)
-    c.start_all()
-    try:
-        c.wait_ready(1)
+    with running(tmp_path, 1) as c:
         yield c
-    finally:
-        c.close()
 
 
 def test_an_unsharded_cluster_keeps_plain_revision_cursors(solo_unsharded: ProcCluster) -> None:

@@ -28,7 +28,7 @@ from tidekv.errors import KeyNotFound
 from tidekv.storage import open_engine
 from tidekv.store import Store
 
-from .proc_cluster import DEADLINE, ProcCluster
+from .proc_cluster import DEADLINE, ProcCluster, running
 
 VALUE = 512 * 1024
 N_KEYS = 80  # 40 MiB of values
@@ -37,14 +37,8 @@ SEED = 5
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path, 3, extra_args=("--compact-every", "20"))
-    c.start_all()
-    try:
-        for i in (1, 2, 3):
-            c.wait_ready(i)
+    with running(tmp_path, 3, extra_args=("--compact-every", "20")) as c:
         yield c
-    finally:
-        c.close()
 
 
 def _values(n: int) -> dict[str, bytes]:
