@@ -11,6 +11,9 @@ s not counted, then ``--duration`` s of puts (then the same of gets with ``--ops
   other 63 shards idle (quiesced);
 * ``all``: the keys spread over the 64 shards.
 
+First, in-process (no cluster): the cost of one timer tick and of one sweep over every
+replica, on one node hosting 1, 64 and 256 quiesced groups (``--no-cluster``: only that).
+
 Per cell: ops/s, p50/p99, server CPU per op (all threads of the 3 nodes), node-loop turns
 per op (``tidekv_node_loops``) and the machine's CPU used outside this run (``other%``).
 The two modes of one scenario run back to back (``--rounds N`` repeats the pair, medians),
@@ -32,6 +35,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
 
 import argparse
+import asyncio
 import math
 import shutil
 import statistics
@@ -66,7 +70,7 @@ def one_shard_data(n: int, shards: int) -> list[tuple[str, bytes]]:
 
 
 def loops(c: cb.TideCluster) -> float:
-    names = {"tidekv_node_loops": "loops"}
+    names = {"tidekv_node_loops_total": "loops"}
     return sum(c.scrape(i, names).get("loops", 0.0) for i in range(c.nodes))
 
 
@@ -105,6 +109,57 @@ def run_cell(
         os.environ.pop(DRIVE_ALL_ENV, None)
 
 
+async def _micro(groups: int, calls: int) -> dict[str, float]:
+    """In-process single node hosting ``groups`` groups, all quiesced: the cost of one
+    timer tick (``Node._tick``) and of one sweep over every replica (what each loop turn
+    did before: ``before_ready`` + ``has_ready`` per replica), in microseconds."""
+    from tidekv.chaos.ports import free_base_port
+    from tidekv.node.config import NodeConfig
+    from tidekv.node.server import EXTRA_GROUPS_ENV, Node
+
+    os.environ[EXTRA_GROUPS_ENV] = str(groups - 1)
+    tmp = tempfile.mkdtemp(prefix="tide-bench-micro-")
+    port = free_base_port(1)
+    node = Node(
+        NodeConfig(
+            data_dir=tmp, address="127.0.0.1:1", raft_address=f"127.0.0.1:{port}", tick_ms=10
+        )
+    )
+    try:
+        await node.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 120
+        while node.groups_quiesced() < groups and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        node._schedule_tick = lambda: None  # type: ignore[method-assign]
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            node._tick()
+        tick = (time.perf_counter() - t0) / calls
+        reps = list(node.replicas.values())
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            for rep in reps:
+                rep.before_ready()
+                rep.raw.has_ready()
+        sweep = (time.perf_counter() - t0) / calls
+        return {"quiesced": node.groups_quiesced(), "tick_us": tick * 1e6, "sweep_us": sweep * 1e6}
+    finally:
+        await node.stop()
+        os.environ.pop(EXTRA_GROUPS_ENV, None)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def micro(args: argparse.Namespace) -> None:
+    for g in (1, 64, 256):
+        m = asyncio.run(_micro(g, args.micro_calls))
+        print(
+            f"  {g:>3} groups ({m['quiesced']:.0f} quiesced): tick {m['tick_us']:6.1f} us, "
+            f"sweep of every replica {m['sweep_us']:7.1f} us",
+            flush=True,
+        )
+
+
 def med(cells: list[dict[str, Any]], f: str) -> float:
     vals = [c[f] for c in cells if c[f] is not None and not math.isnan(c[f])]
     return statistics.median(vals) if vals else math.nan
@@ -120,9 +175,15 @@ def main() -> int:
     ap.add_argument("--keys", type=int, default=500, help="size of the key space")
     ap.add_argument("--scenarios", default="one,all", help="one (1 busy shard), all")
     ap.add_argument("--engine", default="lsm")
+    ap.add_argument("--micro-calls", type=int, default=2000, help="ticks/sweeps timed (micro)")
+    ap.add_argument("--no-cluster", action="store_true", help="only the in-process micro part")
     args = ap.parse_args()
     args.route = "leader"
     print(f"load before: {uptime()}")
+    print("in-process, one node, every group quiesced:")
+    micro(args)
+    if args.no_cluster:
+        return 0
     print(f"3 nodes, {SHARDS} shards, {args.clients} clients, {args.duration:g} s per op")
     root = Path(tempfile.mkdtemp(prefix="tide-bench-busy-"))
     cells: list[dict[str, Any]] = []

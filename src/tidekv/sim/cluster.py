@@ -21,8 +21,6 @@ Safety invariants (:mod:`tidekv.sim.invariants`) are checked after every event.
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import random
 import traceback
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ from tidekv.raft import (
     Snapshot,
     SnapshotMeta,
 )
+from tidekv.sim.events import EventLoop
 from tidekv.sim.faults import FaultConfig, gate
 from tidekv.sim.groups import check_quorum_durable, final_state_check
 from tidekv.sim.invariants import Invariants, SafetyViolation
@@ -134,8 +133,9 @@ class _Stop(Exception):
     pass
 
 
-class Cluster:
+class Cluster(EventLoop[Message]):
     def __init__(self, config: SimConfig) -> None:
+        super().__init__()
         self.cfg = config
         faults, notes = gate(config.faults)
         self.faults = faults
@@ -173,11 +173,6 @@ class Cluster:
         self.drift = drift
 
         self.inv = Invariants()
-        self.timers: list[tuple[int, int, str, int, int]] = []
-        self._seq = 0
-        self.now = 0
-        self.hasher = hashlib.blake2b(digest_size=16)
-        self.events = 0
         self.nodes: dict[int, SimNode] = {}
         self.retired: set[int] = set()
         self.periods: dict[int, int] = {}
@@ -212,11 +207,7 @@ class Cluster:
     # -- plumbing -------------------------------------------------------------------------
 
     def _schedule(self, time: int, kind: str, a: int = 0, b: int = 0) -> None:
-        self._seq += 1
-        heapq.heappush(self.timers, (time, self._seq, kind, a, b))
-
-    def _trace(self, s: str) -> None:
-        self.hasher.update(s.encode())
+        self._push_timer(time, kind, a, b)
 
     def _hooks(self) -> Hooks:
         return Hooks(
@@ -273,15 +264,7 @@ class Cluster:
         return [nid for nid in self.nodes if nid not in self.retired]
 
     def _client_propose(self, nid: int, data: bytes) -> bool:
-        node = self.nodes[nid]
-        if node.rawnode is None:
-            return False
-        try:
-            node.rawnode.propose(data)
-        except ProposalDropped:
-            return False
-        node.pump(self.now)
-        return True
+        return self.nodes[nid].propose(self.now, data)
 
     def _client_read(self, nid: int, ctx: bytes) -> bool:
         node = self.nodes[nid]
@@ -291,12 +274,7 @@ class Cluster:
             self._schedule(self.now + 1, "local_read", nid, len(self.local_reads))
             self.local_reads.append(ctx)
             return True
-        try:
-            node.rawnode.read_index(ctx)
-        except ProposalDropped:
-            return False
-        node.pump(self.now)
-        return True
+        return node.read_index(self.now, ctx)
 
     def _on_apply(self, a: Applied) -> None:
         if a.command.client == 0:
@@ -316,7 +294,7 @@ class Cluster:
         # a node that applied its own removal is shut down by the operator (a snapshot
         # without it is no such sign: it may predate the node's addition)
         self.retired.add(nid)
-        self._trace(f"{self.now}|retire|{nid};")
+        self.trace(f"{self.now}|retire|{nid};")
 
     # -- faults ---------------------------------------------------------------------------
 
@@ -350,7 +328,7 @@ class Cluster:
         if not actions:
             return
         act = rng.choice(actions)
-        self._trace(f"{self.now}|fault|{act};")
+        self.trace(f"{self.now}|fault|{act};")
         live = sorted(nid for nid, n in self.nodes.items() if n.up and nid not in self.retired)
         members = sorted(nid for nid in self.nodes if nid not in self.retired)
         if act in ("partition", "one_way", "isolate_leader", "heal"):
@@ -379,7 +357,7 @@ class Cluster:
             if victim is None:
                 return
             self.nodes[victim].crash()
-            self._trace(f"{self.now}|crash|{victim};")
+            self.trace(f"{self.now}|crash|{victim};")
             self._schedule(self.now + rng.randint(2, 40) * TICK, "restart", victim)
         elif act == "membership":
             self._membership(rng)
@@ -448,7 +426,7 @@ class Cluster:
             ld.rawnode.propose_conf_change(cc)
         except ProposalDropped:
             return
-        self._trace(f"{self.now}|conf|{what}|{nid};")
+        self.trace(f"{self.now}|conf|{what}|{nid};")
         if what == "add_learner":
             self.next_id += 1
             # the new server starts empty and waits for the leader to contact it
@@ -471,21 +449,16 @@ class Cluster:
                 self.election_ticks.append((self.now - start) / TICK)
 
     def _step(self, end: int) -> bool:
-        nt = self.network.next_time()
-        tt = self.timers[0][0] if self.timers else None
-        if nt is None and tt is None:
+        ev = self._next_event(end)
+        if ev is None:
             return False
-        if tt is None or (nt is not None and nt <= tt):
-            assert nt is not None
-            if nt > end:
-                return False
-            self.now = nt
-            d = self.network.pop()
-            self.events += 1
+        d, timer = ev
+        if timer is None:
             if d is None:
                 return True
             m = d.msg
-            self._trace(f"{nt}|m|{int(m.type)}|{m.frm}|{m.to}|{m.term}|{m.index}|{len(m.entries)};")
+            nt = self.now
+            self.trace(f"{nt}|m|{int(m.type)}|{m.frm}|{m.to}|{m.term}|{m.index}|{len(m.entries)};")
             node = self.nodes.get(m.to)
             if node is None or m.to in self.retired:
                 return True
@@ -497,12 +470,8 @@ class Cluster:
                     sender.rawnode.report_snapshot(m.to, ok=True)
                     sender.pump(self.now)
             return True
-        if tt > end:
-            return False
-        time, _, kind, a, b = heapq.heappop(self.timers)
-        self.now = time
-        self.events += 1
-        self._trace(f"{time}|{kind}|{a}|{b};")
+        time, _, kind, a, b = timer
+        self.trace(f"{time}|{kind}|{a}|{b};")
         if kind == "tick":
             node = self.nodes[a]
             if a not in self.retired:
@@ -577,13 +546,7 @@ class Cluster:
         rn = node.rawnode
         if dead and rn is not None and rn.raft.lead in dead and node.wake(self.now):
             self.wakes += 1
-            self._trace(f"{self.now}|wake|{me}|{rn.raft.lead};")
-
-    def _run_until(self, end: int) -> None:
-        while self._step(end):
-            if self.phase == "done":
-                return
-        self.now = max(self.now, end)
+            self.trace(f"{self.now}|wake|{me}|{rn.raft.lead};")
 
     # -- liveness -------------------------------------------------------------------------
 

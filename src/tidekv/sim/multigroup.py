@@ -25,8 +25,6 @@ stable leader, commit a probe, bring its members up to date, and finish its move
 
 from __future__ import annotations
 
-import hashlib
-import heapq
 import random
 import traceback
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from tidekv.raft import (
 from tidekv.sharding.ring import Ring
 from tidekv.sim.cluster import LULL_LEN, LULL_PERIOD, TICK
 from tidekv.sim.control import RingControl
+from tidekv.sim.events import EventLoop
 from tidekv.sim.faults import FaultConfig, gate
 from tidekv.sim.groups import (
     Envelope,
@@ -120,10 +119,11 @@ class MultiResult:
         return replay_command(self.config)
 
 
-class MultiCluster:
+class MultiCluster(EventLoop[Envelope]):
     def __init__(self, config: MultiConfig) -> None:
         if config.hosts < REPLICATION:
             raise ValueError(f"need at least {REPLICATION} hosts")
+        super().__init__()
         self.cfg = config
         faults, notes = gate(config.faults)
         # lease reads are the single-group simulator's subject; here every read is ReadIndex
@@ -153,11 +153,6 @@ class MultiCluster:
         self.liveness = HostLiveness(self.options.election_tick)
         self.quiet_ticks = 0
         self.wakes = 0
-        self.timers: list[tuple[int, int, str, int, int, int]] = []
-        self._seq = 0
-        self.now = 0
-        self.events = 0
-        self.hasher = hashlib.blake2b(digest_size=16)
         self.phase = "chaos"
         self.hosts = list(range(1, config.hosts + 1))
         self.down: set[int] = set()
@@ -187,19 +182,15 @@ class MultiCluster:
     # -- plumbing -------------------------------------------------------------------------
 
     def _schedule(self, time: int, kind: str, g: int = 0, a: int = 0, b: int = 0) -> None:
-        self._seq += 1
-        heapq.heappush(self.timers, (time, self._seq, kind, g, a, b))
-
-    def trace(self, s: str) -> None:
-        self.hasher.update(s.encode())
+        self._push_timer(time, kind, g, a, b)
 
     def _make_group(self, gid: int, hosts: tuple[int, ...]) -> None:
         wl_rng = random.Random(self.work_rng.getrandbits(64))
         box: list[SimGroup] = []
         gw = Gateway(
             node_ids=lambda: [r for r in box[0].replicas if r not in box[0].retired],
-            propose=lambda rid, data: self._client_propose(box[0], rid, data),
-            read_index=lambda rid, ctx: self._client_read(box[0], rid, ctx),
+            propose=lambda rid, data: box[0].replicas[rid].propose(self.now, data),
+            read_index=lambda rid, ctx: box[0].replicas[rid].read_index(self.now, ctx),
             schedule=lambda t, kind, arg: self._schedule(t, kind, gid, arg[0], arg[1]),
         )
         wcfg = WorkloadConfig(clients=self.cfg.clients, keys=self.cfg.keys)
@@ -264,27 +255,6 @@ class MultiCluster:
         if env.msg.type == MessageType.SNAP:
             self._schedule(self.now, "snap_status", env.group, env.msg.frm, env.msg.to)
 
-    def _client_propose(self, g: SimGroup, rid: int, data: bytes) -> bool:
-        node = g.replicas[rid]
-        if node.rawnode is None:
-            return False
-        try:
-            node.rawnode.propose(data)
-        except ProposalDropped:
-            return False
-        node.pump(self.now)
-        return True
-
-    def _client_read(self, g: SimGroup, rid: int, ctx: bytes) -> bool:
-        node = g.replicas[rid]
-        if node.rawnode is None:
-            return False
-        try:
-            node.rawnode.read_index(ctx)
-        except ProposalDropped:
-            return False
-        node.pump(self.now)
-        return True
 
     def _on_apply(self, g: SimGroup, a: Applied) -> None:
         if a.command.client == 0:
@@ -370,21 +340,16 @@ class MultiCluster:
     # -- the loop -------------------------------------------------------------------------
 
     def _step(self, end: int) -> bool:
-        nt = self.network.next_time()
-        tt = self.timers[0][0] if self.timers else None
-        if nt is None and tt is None:
+        ev = self._next_event(end)
+        if ev is None:
             return False
-        if tt is None or (nt is not None and nt <= tt):
-            assert nt is not None
-            if nt > end:
-                return False
-            self.now = nt
-            d = self.network.pop()
-            self.events += 1
+        d, timer = ev
+        if timer is None:
             if d is None:
                 return True
             env = d.msg
             m = env.msg
+            nt = self.now
             self.trace(f"{nt}|m|{env.group}|{int(m.type)}|{m.frm}|{m.to}|{m.term}|{m.index};")
             g = self.groups[env.group]
             node = g.replicas.get(m.to)
@@ -398,11 +363,7 @@ class MultiCluster:
                     sender.rawnode.report_snapshot(m.to, ok=True)
                     sender.pump(self.now)
             return True
-        if tt > end:
-            return False
-        time, _, kind, gid, a, b = heapq.heappop(self.timers)
-        self.now = time
-        self.events += 1
+        time, _, kind, gid, a, b = timer
         self.trace(f"{time}|{kind}|{gid}|{a}|{b};")
         g = self.groups[gid]
         if kind == "tick":
@@ -466,12 +427,6 @@ class MultiCluster:
             and (peer, me) not in net.blocked
             and net.clogged.get((peer, me), 0) <= self.now
         )
-
-    def _run_until(self, end: int) -> None:
-        while self._step(end):
-            if self.phase == "done":
-                return
-        self.now = max(self.now, end)
 
     # -- liveness -------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from tidekv.raft import (
     LogUnavailable,
     MemoryStorage,
     Message,
+    ProposalDropped,
     RawNode,
     ReadOnlyOption,
     ReadState,
@@ -179,6 +180,30 @@ class SimNode:
         if self.rawnode is not None:
             self.rawnode.step(m)
             self.pump(now)
+
+    def propose(self, now: int, data: bytes) -> bool:
+        """A client's proposal; False when it is refused at once (down, no leader)."""
+        rn = self.rawnode
+        if rn is None:
+            return False
+        try:
+            rn.propose(data)
+        except ProposalDropped:
+            return False
+        self.pump(now)
+        return True
+
+    def read_index(self, now: int, ctx: bytes) -> bool:
+        """A client's ReadIndex request; False when it is refused at once."""
+        rn = self.rawnode
+        if rn is None:
+            return False
+        try:
+            rn.read_index(ctx)
+        except ProposalDropped:
+            return False
+        self.pump(now)
+        return True
 
     # -- the Ready loop -------------------------------------------------------------------
 
