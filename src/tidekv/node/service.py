@@ -326,16 +326,28 @@ class NodeService:
         merge: ListingMerge[Item] = ListingMerge(shard_ids, limit, start=start, key=_item_key)
         while wanted := merge.wanted():
             remote = [
-                (f.shard, self._remote_page(f.shard, prefix, f.start, end, f.limit, consistency))
+                (
+                    f.shard,
+                    asyncio.ensure_future(
+                        self._remote_page(f.shard, prefix, f.start, end, f.limit, consistency)
+                    ),
+                )
                 for f in wanted
                 if f.shard not in local
             ]
-            for f in wanted:
-                rep = local.get(f.shard)
-                if rep is not None:
-                    got = list(rep.store.scan(prefix, start=f.start, end=end, limit=f.limit + 1))
-                    merge.feed(f.shard, ShardPage(got[: f.limit], more=len(got) > f.limit))
-            pages = await asyncio.gather(*(c for _, c in remote))
+            try:
+                for f in wanted:
+                    rep = local.get(f.shard)
+                    if rep is not None:
+                        got = list(
+                            rep.store.scan(prefix, start=f.start, end=end, limit=f.limit + 1)
+                        )
+                        merge.feed(f.shard, ShardPage(got[: f.limit], more=len(got) > f.limit))
+                pages = await asyncio.gather(*(t for _, t in remote))
+            finally:  # a failure anywhere: no remote page is left running
+                for _, t in remote:
+                    t.cancel()
+                await asyncio.gather(*(t for _, t in remote), return_exceptions=True)
             for (sid, _), page in zip(remote, pages, strict=True):
                 merge.feed(sid, page)
         return merge.result()[0]
