@@ -255,7 +255,6 @@ class MultiCluster(EventLoop[Envelope]):
         if env.msg.type == MessageType.SNAP:
             self._schedule(self.now, "snap_status", env.group, env.msg.frm, env.msg.to)
 
-
     def _on_apply(self, g: SimGroup, a: Applied) -> None:
         if a.command.client == 0:
             if g.probe_done is None and g.probe_sent is not None and a.command.seq == g.probe_seq:
