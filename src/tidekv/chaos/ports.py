@@ -34,8 +34,9 @@ __all__ = ["BLOCK", "free_base_port", "port_free"]
 BLOCK = 200
 """Ports of one block: base..base+99 (HTTP), base+100..base+199 (their peer ports)."""
 LOWEST = 10_000
-MAX_HELD = 16
-"""Blocks one process holds at most; past that it recycles its own, oldest first."""
+MAX_HELD = 8
+"""Blocks one process holds at most; past that it recycles its own, oldest first (there are
+113 blocks below 32768: room for 14 processes taking ports at once)."""
 
 _held: dict[int, IO[bytes]] = {}  # block base -> its lock file, open (locked) while we live
 _order: deque[int] = deque()  # the held blocks, least recently handed out first
