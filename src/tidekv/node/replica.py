@@ -136,6 +136,7 @@ class Replica:
         compact_every: int,
         peer_of: Callable[[int], Peer | None] | None = None,
         on_leader: Callable[[Replica], None] | None = None,
+        on_removed: Callable[[Replica], None] | None = None,
     ) -> None:
         self.group = group
         self.node_id = node_id
@@ -143,6 +144,9 @@ class Replica:
         """Raft id -> the hosting node's addresses, when the group's Raft ids are replica
         ids (a sharded cluster's data groups); else the group's address book is used."""
         self._on_leader = on_leader
+        self._on_removed = on_removed
+        """Called when this replica applies its own removal (a sharded data group: the
+        node retires it)."""
         self.storage = storage
         self._engine_name = engine_name
         self._engine_path = engine_path
@@ -588,6 +592,12 @@ class Replica:
         self.peers = load_peers(self.engine)
         self.removed = load_removed(self.engine)
         self._on_peers_changed(self.peers)
+        if (
+            self._on_removed is not None
+            and cc.type is ConfChangeType.REMOVE_NODE
+            and cc.node_id == self.raw.raft.id
+        ):
+            self._on_removed(self)
         for idx, fut in list(self._conf_changes):
             if idx <= e.index:
                 self._conf_changes.remove((idx, fut))
