@@ -588,6 +588,7 @@ class NodeService:
                 }
             peer = None if lead is None else node.members.get(lead)
             info["leader_address"] = None if peer is None else peer.address
+            info["placed"] = list(ss.voters)  # the metadata's record
             if lead is not None:
                 leads[lead] = leads.get(lead, 0) + 1
             shards.append(info)
