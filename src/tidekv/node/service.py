@@ -603,7 +603,7 @@ class NodeService:
                     "state": m.state.value,
                     "live": m.live,
                     "reachable": nid == me or node.transport.connected(nid),
-                    "meta_voter": nid in st.meta_voters,
+                    "meta_voter": nid in node.meta_voters,
                     "leads": leads.get(nid, 0),
                 }
             )
@@ -631,7 +631,7 @@ class NodeService:
             "nodes": nodes,
             "shards": shards,
             "meta": {
-                "voters": list(st.meta_voters),
+                "voters": list(node.meta_voters),
                 "leader": meta_lead,
                 "revision": st.revision,
                 "local": meta is not None,
