@@ -2,16 +2,16 @@
 then leaves again (issue 5, "Rebalancing").
 
 Five ``tide serve --shards 64`` nodes (192 shard replicas, the issue's figure); a writer
-thread writes keys through every node and remembers each acknowledged write. ``tide serve --join`` starts a
-6th node, which asks node 1 to join; the metadata re-plans, the shard leaders add the new
-replicas as learners, catch them up by streamed snapshot, promote them and remove the
-replicas they replace. Checked once ``GET /v1/cluster`` shows no moves: the replicas moved
-are within 25% of the ideal share (1/6 of them), every shard's real Raft configuration
-(from its leader) equals the metadata record and the ring's placement, node 6's own
-replicas serve the writes of its shards, every acknowledged write reads back
-(linearizable), and writes were acknowledged while the shards moved. Nodes 6 and 2
-restart with their replicas and the live metadata. Then node 6 is
-decommissioned: the reverse, until it is REMOVED, holds no replica and its replica
+thread writes keys through every node and remembers each acknowledged write. ``tide
+serve --join`` starts a 6th node, which asks node 1 to join; the metadata re-plans, the
+shard leaders add the new replicas as learners, catch them up by streamed snapshot,
+promote them and remove the replicas they replace. Checked once ``GET /v1/cluster`` shows
+no moves: the replicas moved are within 25% of the ideal share (1/6 of them), every
+shard's real Raft configuration (from its leader) equals the metadata record and the
+ring's placement, node 6's own replicas serve the writes of its shards, every
+acknowledged write reads back (linearizable), and writes were acknowledged while the
+shards moved. Nodes 6 and 2 restart with their replicas and the live metadata. Then node
+6 is decommissioned: the reverse, until it is REMOVED, holds no replica and its replica
 directories are gone.
 """
 
