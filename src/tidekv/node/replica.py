@@ -256,10 +256,23 @@ class Replica:
         engine.sync()
         storage.apply_snapshot(Snapshot(meta=SnapshotMeta(index=1, term=1, conf=conf)))
 
+    closed = False
+
     def close(self) -> None:
+        self.closed = True
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(Unavailable("the node is shutting down"))
+        # a replica retired by a move: its reads and watches end now (the client, or the
+        # merged feed, goes to a node that holds the shard), not at their timeout
+        gone = Unavailable(f"shard {self.group} is no longer served here", shard=self.group)
+        pending: list[asyncio.Future[Any]] = list(self._reads)
+        pending += [f for fs in self._reads_in_flight.values() for f in fs]
+        pending += [f for _i, _s, f in self._applied_waiters]
+        for f in pending:
+            if not f.done():
+                f.set_exception(gone)
+        self._changed.set()
         OUTGOING.release_engine(self.engine)
         self.store.close()
 
@@ -377,6 +390,8 @@ class Replica:
     async def wait_change(self, after_revision: int) -> None:
         """Wait until the store's revision moves past ``after_revision``."""
         while self.store.sm.revision <= after_revision:
+            if self.closed:
+                raise Unavailable(f"shard {self.group} is no longer served here", shard=self.group)
             ev = self._changed
             await ev.wait()
 
