@@ -17,12 +17,14 @@ directories are gone.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tidekv.cli_node import serve_command
 from tidekv.sharding.keys import shard_of
 from tidekv.sharding.ring import DEFAULT_VNODES, Ring
 
@@ -151,6 +153,14 @@ def test_join_moves_its_share_then_decommission_moves_it_back(tmp_path: Path) ->
         assert r.status_code == 400
         r = c.http.delete(c.url(2) + "/v1/cluster/nodes/77")
         assert r.status_code == 404
+        # `tide serve --join` with the id of a member: refused, exit code 2, nothing kept
+        spare = c.root / "spare"
+        cmd = serve_command(3, str(spare), c.address(7), f"1={c.address(1)}", "lsm")
+        out = subprocess.run(
+            [*cmd, "--join", "--shards", str(SHARDS)], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 2 and "already a member" in out.stderr, out.stderr
+        assert not (spare / "node.json").exists()
     finally:
         writer.stop()
         c.close()
