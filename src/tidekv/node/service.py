@@ -593,6 +593,7 @@ class NodeService:
                 leads[lead] = leads.get(lead, 0) + 1
             shards.append(info)
         nodes = []
+        meta_voters = node.meta_group_voters()
         for nid, m in sorted(st.members.items()):
             peer = node.members.get(nid)
             nodes.append(
@@ -603,7 +604,7 @@ class NodeService:
                     "state": m.state.value,
                     "live": m.live,
                     "reachable": nid == me or node.transport.connected(nid),
-                    "meta_voter": nid in node.meta_voters,
+                    "meta_voter": nid in meta_voters,
                     "leads": leads.get(nid, 0),
                 }
             )
@@ -631,7 +632,7 @@ class NodeService:
             "nodes": nodes,
             "shards": shards,
             "meta": {
-                "voters": list(node.meta_voters),
+                "voters": meta_voters,
                 "leader": meta_lead,
                 "revision": st.revision,
                 "local": meta is not None,
