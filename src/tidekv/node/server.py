@@ -248,6 +248,8 @@ class Node:
             meta = self._open_group(META_GROUP, bootstrap=me in creation.meta_voters)
             assert isinstance(meta, MetaReplica)
             self.meta = meta
+            if me in meta.removed:  # it applied its own removal, then the node stopped
+                self.retire_replica(META_GROUP, me, "removed before the restart")
             if meta.state.shards and meta.state.revision >= self.cluster.revision:
                 self.cluster = meta.state
         self._sync_members(self.cluster)
