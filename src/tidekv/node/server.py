@@ -657,7 +657,11 @@ class Node:
         me = self.cfg.node_id
         for nid, m in state.members.items():
             known = self.members.get(nid)
-            if known is not None and known.address == m.address:
+            if (
+                known is not None
+                and known.address == m.address
+                and m.raft_address in ("", known.raft_address)
+            ):
                 continue
             try:
                 raft = m.raft_address or default_raft_address(m.address)
@@ -744,9 +748,8 @@ class Node:
         if group == META_GROUP and (rep is None or rep.raw.raft.id != rid):
             return
         if rep is None or rep.raw.raft.id != rid:
-            if incarnation_of(rid) < 0 or not self.registry.may_create(group, rid):
-                return
-            self.registry.retire(group, rid)  # a later stale message will not create it
+            if self.registry.may_create(group, rid):
+                self.registry.retire(group, rid)  # a later stale message will not create it
             return
         self._retiring[group] = (rid, why)
         self.wake()
