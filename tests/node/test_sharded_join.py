@@ -167,6 +167,14 @@ def test_join_moves_its_share_then_decommissions_move_shards_away(tmp_path: Path
         )
         assert out.returncode == 2 and "already a member" in out.stderr, out.stderr
         assert not (spare / "node.json").exists()
+        # ... or with another shard count: refused before anything is proposed
+        cmd = serve_command(7, str(spare), c.address(7), f"1={c.address(1)}", "lsm")
+        out = subprocess.run(
+            [*cmd, "--join", "--shards", "8"], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 2 and "not 8 (--shards)" in out.stderr, out.stderr
+        v = c.cluster(1)
+        assert v is not None and 7 not in {n["id"] for n in v["nodes"]}
     finally:
         writer.stop()
         c.close()
