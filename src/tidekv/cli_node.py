@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -122,7 +123,12 @@ def serve(
         ),
     ] = None,
     join: Annotated[
-        bool, typer.Option("--join", help="Start empty and wait to be added to a cluster.")
+        bool,
+        typer.Option(
+            "--join",
+            help="Start empty and wait to be added to a cluster; with --shards N > 1, ask "
+            "a member (--peers) to join the sharded cluster.",
+        ),
     ] = False,
     engine: Annotated[str, typer.Option("--engine", "-e", help="lsm, btree or hash.")] = "lsm",
     cluster_id: Annotated[str | None, typer.Option("--cluster-id")] = None,
@@ -194,6 +200,8 @@ def serve(
         )
         raise typer.Exit(2)
     _install_uvloop()
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # kill -USR1: stacks
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     if embedded:
         err.print(
             f"tidekv: serving the embedded store in {data_dir} on http://{address} "
@@ -208,6 +216,9 @@ def serve(
         rc = asyncio.run(run)
     except KeyboardInterrupt:
         rc = 0
+    except TideError as exc:  # e.g. a join the cluster refused
+        err.print(f"error: {exc.message}", markup=False)
+        rc = 2
     except OSError as exc:
         err.print(f"error: {exc}", markup=False)
         rc = 1
