@@ -206,8 +206,7 @@ class NodeService:
             check_version_id(fields["if_match"])
         if fields.get("author") is None:
             fields["author"] = ""
-        if not rep.can_propose():
-            raise rep.not_leader()
+        # with no leader known the replica waits for one (a leader change), bounded
         return await rep.write(fields, self.timeout)
 
     # -- reads ------------------------------------------------------------------------------
