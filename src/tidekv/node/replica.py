@@ -216,6 +216,7 @@ class Replica:
             "read_rounds": 0,
             "snapshots_installed": 0,
             "from_removed": 0,
+            "led": 0,
             "proposals_held": 0,
             "proposals_retried": 0,
             "forwarded_dropped": 0,
@@ -498,6 +499,8 @@ class Replica:
         self._held_since = None
         self.stats["proposed"] += len(out)
         forwarded = raft.role is not Role.LEADER
+        if not forwarded:
+            self.stats["led"] += len(out)
         sent = self._sent
         for rid, _t, data in out:
             if rid:

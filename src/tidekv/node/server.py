@@ -118,6 +118,7 @@ class Node:
             "readies": 0,
             "liveness_wakes": 0,
             "balance_transfers": 0,
+            "balance_hints": 0,
         }
         self.me = cfg.me()
         self.meta: MetaReplica | None = None
@@ -263,7 +264,9 @@ class Node:
         """A leader-balancing hint from the metadata leader (:data:`BALANCE_GROUP`)."""
         if m.type is not MessageType.TRANSFER_LEADER or frm not in self.members:
             return
-        if not self._transfer_shard_leader(m.index, m.commit):
+        if self._transfer_shard_leader(m.index, m.commit):
+            self.stats["balance_hints"] += 1
+        else:
             log.debug("shard %d: balancing hint from node %d not applicable", m.index, frm)
 
     def _reconcile(self) -> None:
