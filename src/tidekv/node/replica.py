@@ -119,10 +119,10 @@ LEADER_WAIT = 2.0
 """Seconds a request waits for a replica that knows no leader to learn one, by default
 (an election takes 1-2 election timeouts; the default election timeout is 0.5 s):
 ``NodeConfig.leader_wait``."""
-READ_RETRY = 0.5
-"""Seconds after which an unanswered ReadIndex request is asked again, by default (one
-election timeout: the request or its answer was lost, or the leader that got it is
-gone)."""
+READ_RETRY = 1.0
+"""Seconds after which an unanswered ReadIndex request is asked again, by default (two
+election timeouts: the request or its answer was lost; a leader change is noticed at
+once)."""
 
 
 def wall_ms() -> int:

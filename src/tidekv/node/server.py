@@ -392,7 +392,7 @@ class Node:
             max_value_bytes=cfg.max_value_bytes,
             compact_every=cfg.compact_every,
             leader_wait=cfg.leader_wait_s(),
-            read_retry=cfg.election_timeout(),
+            read_retry=2 * cfg.election_timeout(),
         )
         rep: Replica
         if not self.sharded:
