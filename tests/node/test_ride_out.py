@@ -81,16 +81,25 @@ def leader_of(nodes: list[Node], group: int) -> Node | None:
 
 
 async def move_leadership(nodes: list[Node], rounds: int) -> int:
-    """Transfer the data group's leadership round the nodes ``rounds`` times."""
+    """Transfer the data group's leadership round the nodes ``rounds`` times (a transfer
+    the leader abandons, its target too slow to catch up in an election timeout, is
+    asked for again)."""
+    loop = asyncio.get_running_loop()
     moved = 0
     for _ in range(rounds):
         await until(lambda: leader_of(nodes, DATA_GROUP) is not None, "a leader")
         lead = leader_of(nodes, DATA_GROUP)
         assert lead is not None
         to = nodes[lead.cfg.node_id % len(nodes)]
-        lead.replicas[DATA_GROUP].raw.transfer_leader(to.cfg.node_id)
-        lead.wake()
-        await until(lambda t=to: leader_of(nodes, DATA_GROUP) is t, f"node {to.cfg.node_id} leads")
+        end = loop.time() + DEADLINE
+        while leader_of(nodes, DATA_GROUP) is not to:
+            assert loop.time() < end, f"node {to.cfg.node_id} never took over"
+            cur = leader_of(nodes, DATA_GROUP)
+            if cur is not None:
+                cur.replicas[DATA_GROUP].raw.transfer_leader(to.cfg.node_id)
+                cur.wake()
+            with contextlib.suppress(AssertionError):
+                await until(lambda t=to: leader_of(nodes, DATA_GROUP) is t, "", 2.0)
         moved += 1
         await asyncio.sleep(0.15)
     return moved
@@ -190,6 +199,11 @@ async def hint_to_the_shard_leader(tmp_path: Path) -> None:
                 else next(v for v in voters if v not in (to, lead.cfg.node_id))
             )
             hint = Message(MessageType.TRANSFER_LEADER, to=hop, frm=me, index=shard, commit=to)
-            meta.transport.send(BALANCE_GROUP, [hint])
-            await until(lambda: leader_of(nodes, shard) is by_id[to], f"node {to} leads {shard}")  # noqa: B023
+            end = asyncio.get_running_loop().time() + DEADLINE
+            while leader_of(nodes, shard) is not by_id[to]:  # a transfer may be abandoned
+                assert asyncio.get_running_loop().time() < end, f"node {to} never led {shard}"
+                meta.transport.send(BALANCE_GROUP, [hint])
+                with contextlib.suppress(AssertionError):
+                    await until(lambda t=by_id[to]: leader_of(nodes, shard) is t, "", 2.0)
+            assert by_id[hop].stats["balance_hints"] > 0
             assert by_id[to].replicas[shard].raw.raft.id == replica_id(to)

@@ -337,7 +337,7 @@ class Replica:
 
     async def write(self, cmd_fields: dict[str, object], timeout: float) -> WriteResult:
         if self.raw.raft.lead == NONE:
-            await self._wait_for_leader(min(timeout, self.leader_wait), self.not_leader)
+            await self.wait_for_leader(min(timeout, self.leader_wait), self.not_leader)
         rid = self._rid_prefix + next(self._rids).to_bytes(8, "big")
         hlc = self._stamp()
         term = self.raw.raft.term
@@ -379,7 +379,7 @@ class Replica:
                 return True
         return False
 
-    async def _wait_for_leader(
+    async def wait_for_leader(
         self, wait: float, error: Callable[[], Exception] | None = None
     ) -> None:
         """An election or a leadership transfer (leader balancing) leaves a short window
@@ -402,14 +402,14 @@ class Replica:
         raft = self.raw.raft
         if consistency == "lease":
             if raft.lead == NONE:  # a leader change: wait for the leader, then forward
-                await self._wait_for_leader(min(timeout, self.leader_wait))
+                await self.wait_for_leader(min(timeout, self.leader_wait))
             if not self.is_leader:
                 raise self.not_leader()
             if raft.log.term(raft.log.committed) == raft.term and raft.lease_valid():
                 await self.wait_applied(raft.log.committed, timeout)
                 return
         if raft.lead == NONE:
-            await self._wait_for_leader(min(timeout, self.leader_wait))
+            await self.wait_for_leader(min(timeout, self.leader_wait))
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads.append(fut)
         self._wake()

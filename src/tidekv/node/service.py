@@ -182,6 +182,8 @@ class NodeService:
         author: str | None = None,
     ) -> WriteResult:
         rep = self._rep_for_key(key)
+        if rep.raw.raft.lead == NONE:  # a leader change: wait for the new leader
+            await rep.wait_for_leader(min(self.timeout, rep.leader_wait), rep.not_leader)
         if not rep.is_leader:
             raise rep.not_leader()
         store = rep.store
