@@ -276,11 +276,14 @@ class Cluster:
 class TideCluster(Cluster):
     name = "tidekv"
 
-    def __init__(self, root: Path, engine: str, shards: int = 1, nodes: int = 3) -> None:
+    def __init__(
+        self, root: Path, engine: str, shards: int = 1, nodes: int = 3, extra: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(root)
         self.engine = engine
         self.shards = shards
         self.nodes = nodes
+        self.extra = extra  # more ``tide serve`` flags
 
     def start(self) -> None:
         n = self.nodes
@@ -297,6 +300,7 @@ class TideCluster(Cluster):
                 "--peers", peers,
                 "--engine", self.engine,
                 *(["--shards", str(self.shards)] if self.shards > 1 else []),
+                *self.extra,
             ]  # fmt: skip
             self.procs.append(spawn(cmd, self.root / f"n{i + 1}.log"))
 

@@ -146,11 +146,19 @@ def serve(
     balance_leaders: Annotated[
         bool,
         typer.Option(
-            "--balance-leaders",
+            "--balance-leaders/--no-balance-leaders",
             help="Sharded clusters: spread shard leaders evenly over the nodes "
-            "(experimental: a request can fail with 503 during a transfer).",
+            "(leadership transfers by the metadata leader).",
         ),
-    ] = False,
+    ] = True,
+    leader_wait: Annotated[
+        float | None,
+        typer.Option(
+            "--leader-wait",
+            help="Seconds a request waits for a shard leader across a leader change "
+            "before answering 503 (default: two election timeouts + 1 s).",
+        ),
+    ] = None,
     compact_every: Annotated[
         int, typer.Option("--compact-every", hidden=True, help="Raft log compaction period.")
     ] = 10_000,
@@ -167,6 +175,8 @@ def serve(
             raise InvalidInput("--tick-ms must be positive")
         if compact_every <= 0:
             raise InvalidInput("--compact-every must be positive")
+        if leader_wait is not None and not 0 <= leader_wait <= 3600:
+            raise InvalidInput("--leader-wait must be between 0 and 3600 seconds")
         if shards is not None and not 1 <= shards <= MAX_SHARDS:
             raise InvalidInput(f"--shards must be between 1 and {MAX_SHARDS}")
         cfg = NodeConfig(
@@ -181,6 +191,7 @@ def serve(
             tick_ms=tick_ms,
             compact_every=compact_every,
             balance_leaders=balance_leaders,
+            leader_wait=leader_wait,
             shards=shards,
         )
         cfg.me()

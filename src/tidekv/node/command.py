@@ -40,6 +40,12 @@ class Command(msgspec.Struct, array_like=True, frozen=True):
     if_none_match: bool = False
     require_exists: bool = False
     idempotency_key: str | None = None
+    term: int = 0
+    """The term of the leader the proposer handed this command to (0: not recorded, an
+    older node). A leader appends a forwarded command only in that term, so a proposer
+    that applies an entry of a later term without having seen its request id knows the
+    command never commits, and may propose it again (docs/raft.md, "Riding out a leader
+    change")."""
 
     def write_command(self) -> WriteCommand:
         return WriteCommand(

@@ -120,10 +120,23 @@ class NodeConfig:
     ``node.json``, else 1). 1 is the unsharded cluster: one data group whose Raft ids are
     the node ids. More: a metadata group plus one data group per shard
     (docs/sharding.md)."""
-    balance_leaders: bool = False
+    balance_leaders: bool = True
     """A sharded cluster's metadata leader transfers shard leaderships to spread them
-    evenly (docs/sharding.md). Off by default until writes and reads ride out the short
-    leaderless window of a transfer: today they can fail with 503 in it."""
+    evenly (docs/sharding.md); requests ride out the short leaderless window of a
+    transfer (``leader_wait``)."""
+    leader_wait: float | None = None
+    """Seconds a request waits for a shard's leader across a leader change (an election,
+    a transfer) before it fails with 503; None: two election timeouts plus a second."""
+
+    def election_timeout(self) -> float:
+        """One election timeout, in seconds."""
+        return self.election_tick * self.tick_ms / 1000
+
+    def leader_wait_s(self) -> float:
+        if self.leader_wait is not None:
+            return self.leader_wait
+        return 2 * self.election_timeout() + 1.0
+
     quiesce: bool = True
     """Idle groups stop ticking and heartbeating (docs/raft.md, "Quiescence"); the
     environment variable TIDEKV_QUIESCE=0 turns it off too."""

@@ -89,9 +89,15 @@ class MetaReplica(Replica):
         self._on_state = on_state
         self.state: ClusterState = load_state(self.engine) or ClusterState()
 
-    @staticmethod
-    def _rid_of(data: bytes) -> bytes:
-        return _dec.decode(data).rid
+    def _renamed(self, p: tuple[bytes, int, bytes], term: int) -> tuple[bytes, int, bytes]:
+        return (p[0], term, p[2])  # a metadata command carries no time and no term
+
+    def _leader_changed(self) -> None:
+        # metadata commands carry no term: a forwarded one may still commit, or be lost
+        self._fail_unknown(
+            "the leader changed while the metadata change was forwarded to it",
+            forwarded_only=True,
+        )
 
     async def propose(self, cmd: metadata.Command, timeout: float) -> None:
         """Propose ``cmd``; return once applied here, or raise Conflict with the reason
@@ -101,7 +107,7 @@ class MetaReplica(Replica):
         rid = self._rid_prefix + next(self._rids).to_bytes(8, "big")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
-        self._proposals.append(encode_meta_entry(rid, cmd))
+        self._proposals.append((rid, 0, encode_meta_entry(rid, cmd)))
         self._wake()
         try:
             outcome = await _wait(fut, timeout)
@@ -109,7 +115,7 @@ class MetaReplica(Replica):
             raise Timeout("the metadata change was not committed in time") from None
         finally:
             self._waiters.pop(rid, None)
-            self._forwarded.discard(rid)
+            self._sent.pop(rid, None)
         if isinstance(outcome, str):
             raise Conflict(f"metadata refused {type(cmd).__name__}: {outcome}")
 
@@ -130,7 +136,7 @@ class MetaReplica(Replica):
                 changed = changed or err is None
                 fut = self._waiters.pop(me.rid, None)
                 if fut is not None:
-                    self._forwarded.discard(me.rid)
+                    self._sent.pop(me.rid, None)
                     if not fut.done():
                         cast(Any, fut).set_result(err)  # the refusal, or None
             elif e.kind is EntryKind.CONF_CHANGE:

@@ -12,11 +12,22 @@ Requests wait on futures that those calls resolve:
 * reads: one ReadIndex request per batch of waiting reads (every read that arrived
   during one loop turn shares it); each read then waits until the replica has applied
   up to the read index. Lease reads skip the round while the leader's lease holds.
+
+Both ride out a leader change (an election, or a transfer by the leader balancer):
+requests wait a bounded time (``leader_wait``) for a leader instead of failing, a
+leader holds proposals while it hands over (its core would drop them), and a write
+whose proposal provably never commits is proposed again. The proof: every proposal
+records the term it was handed over in (:attr:`Command.term`), a leader appends a
+forwarded command only in that term, so once this replica applies an entry of a later
+term without having seen the request id, the command is lost for good (docs/raft.md,
+"Riding out a leader change"). A ReadIndex request is simply asked again (a read
+changes nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -105,8 +116,13 @@ async def _wait(fut: asyncio.Future[T], timeout: float) -> T:
 
 
 LEADER_WAIT = 2.0
-"""Seconds a read waits for a replica that knows no leader to learn one (an election
-takes 1-2 election timeouts; the default election timeout is 0.5 s)."""
+"""Seconds a request waits for a replica that knows no leader to learn one, by default
+(an election takes 1-2 election timeouts; the default election timeout is 0.5 s):
+``NodeConfig.leader_wait``."""
+READ_RETRY = 1.0
+"""Seconds after which an unanswered ReadIndex request is asked again, by default (two
+election timeouts: the request or its answer was lost; a leader change is noticed at
+once)."""
 
 
 def wall_ms() -> int:
@@ -146,8 +162,13 @@ class Replica:
         peer_of: Callable[[int], Peer | None] | None = None,
         on_leader: Callable[[Replica], None] | None = None,
         on_removed: Callable[[Replica], None] | None = None,
+        leader_wait: float = LEADER_WAIT,
+        read_retry: float = READ_RETRY,
     ) -> None:
         self.group = group
+        self.leader_wait = leader_wait
+        """Seconds a request waits for a leader (none known, or a transfer under way)."""
+        self.read_retry = read_retry
         self.node_id = node_id
         self._peer_of = peer_of
         """Raft id -> the hosting node's addresses, when the group's Raft ids are replica
@@ -180,11 +201,21 @@ class Replica:
         self._hlc = HLC(self.store.sm.clock)
         self._rids = itertools.count(1)
         self._rid_prefix = node_id.to_bytes(8, "big") + time.time_ns().to_bytes(8, "big")
-        self._proposals: list[bytes] = []
+        self._proposals: list[tuple[bytes, int, bytes]] = []
+        """(rid, term it names, data), in the order of their HLC stamps: not handed to
+        the core yet. ``rid`` is empty for a command a follower forwarded to this leader
+        (taken in that term only; its waiter is on the follower)."""
         self._waiters: dict[bytes, asyncio.Future[Outcome]] = {}
-        self._forwarded: set[bytes] = set()  # rids proposed through the leader
+        self._sent: dict[bytes, tuple[int, bytes, bool]] = {}
+        """rid -> (term, data, forwarded): handed to the core in that term (appended here
+        as leader, or forwarded to that term's leader), outcome not applied yet."""
+        self._held_since: float | None = None
+        """Since when proposals wait for a leader to take them (monotonic seconds)."""
+        self._applied_term = 0
+        """The term of the last entry applied (a proof that older proposals are lost)."""
         self._reads: list[asyncio.Future[int]] = []
-        self._reads_in_flight: dict[bytes, list[asyncio.Future[int]]] = {}
+        self._reads_held_since: float | None = None
+        self._reads_in_flight: dict[bytes, tuple[float, list[asyncio.Future[int]]]] = {}
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._changed = asyncio.Event()
@@ -198,6 +229,11 @@ class Replica:
             "read_rounds": 0,
             "snapshots_installed": 0,
             "from_removed": 0,
+            "led": 0,
+            "proposals_held": 0,
+            "proposals_retried": 0,
+            "forwarded_dropped": 0,
+            "reads_retried": 0,
         }
 
     # -- opening and crash repair ---------------------------------------------------------
@@ -322,28 +358,36 @@ class Replica:
         the write is answered here once this replica applies it)."""
         return self.is_leader or self.raw.raft.lead != NONE
 
-    async def write(self, cmd_fields: dict[str, object], timeout: float) -> WriteResult:
-        if not self.can_propose():
-            raise self.not_leader()
-        rid = self._rid_prefix + next(self._rids).to_bytes(8, "big")
+    def _stamp(self) -> HLCTimestamp:
+        """A new HLC time, after everything this replica applied."""
         sm = self.store.sm
         if sm.clock > self._hlc.last:
             self._hlc.update(sm.clock, wall_ms())
-        hlc = self._hlc.now(wall_ms())
+        return self._hlc.now(wall_ms())
+
+    async def write(self, cmd_fields: dict[str, object], timeout: float) -> WriteResult:
+        if self.raw.raft.lead == NONE:
+            await self.wait_for_leader(min(timeout, self.leader_wait), self.not_leader)
+        rid = self._rid_prefix + next(self._rids).to_bytes(8, "big")
+        hlc = self._stamp()
+        term = self.raw.raft.term
         cmd = Command(
             rid=rid,
             hlc_wall=hlc.wall,
             hlc_logical=hlc.logical,
             origin=self._origin,
+            term=term,
             **cmd_fields,  # type: ignore[arg-type]
         )
         fut: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._waiters[rid] = fut
-        self._proposals.append(encode_command(cmd))
+        self._proposals.append((rid, term, encode_command(cmd)))
         self._wake()
         try:
             outcome = await _wait(fut, timeout)
         except TimeoutError:
+            if self._unqueue(rid):  # never handed to the core: certainly not applied
+                raise self.not_leader() from None
             raise Timeout(
                 "the write was not committed in time; its outcome is unknown "
                 "(retry with the same Idempotency-Key)",
@@ -351,19 +395,32 @@ class Replica:
             ) from None
         finally:
             self._waiters.pop(rid, None)
-            self._forwarded.discard(rid)
+            self._sent.pop(rid, None)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
-    async def _wait_for_leader(self, wait: float) -> None:
+    def _unqueue(self, rid: bytes) -> bool:
+        """Take ``rid`` out of the proposals not handed to the core yet; False if it was
+        handed over already."""
+        for i, p in enumerate(self._proposals):
+            if p[0] == rid:
+                del self._proposals[i]
+                return True
+        return False
+
+    async def wait_for_leader(
+        self, wait: float, error: Callable[[], Exception] | None = None
+    ) -> None:
         """An election or a leadership transfer (leader balancing) leaves a short window
         in which this replica knows no leader: wait it out, bounded, rather than fail a
-        read that a moment later would succeed."""
+        request that a moment later would succeed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while self.raw.raft.lead == NONE:
             if loop.time() >= deadline:
+                if error is not None:
+                    raise error()
                 raise Unavailable(f"shard {self.group} has no leader", shard=self.group)
             self._wake()
             await asyncio.sleep(0.02)
@@ -374,13 +431,15 @@ class Replica:
             return
         raft = self.raw.raft
         if consistency == "lease":
+            if raft.lead == NONE:  # a leader change: wait for the leader, then forward
+                await self.wait_for_leader(min(timeout, self.leader_wait))
             if not self.is_leader:
                 raise self.not_leader()
             if raft.log.term(raft.log.committed) == raft.term and raft.lease_valid():
                 await self.wait_applied(raft.log.committed, timeout)
                 return
         if raft.lead == NONE:
-            await self._wait_for_leader(min(timeout, LEADER_WAIT))
+            await self.wait_for_leader(min(timeout, self.leader_wait))
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads.append(fut)
         self._wake()
@@ -428,35 +487,118 @@ class Replica:
 
     def before_ready(self) -> None:
         if self._proposals:
-            batch, self._proposals = self._proposals, []
-            self.stats["proposed"] += len(batch)
-            try:
-                if not self.is_leader:
-                    if self.raw.raft.lead == NONE:
-                        raise ProposalDropped("no leader to forward the proposal to")
-                    # the core sends them to the leader, which stamps their HLC time
-                    # (accept_forwarded); a leader change fails their waiters
-                    self._forwarded.update(self._rid_of(d) for d in batch)
-                self.raw.propose_batch(batch)
-            except ProposalDropped:
-                err = self.not_leader()
-                for data in batch:
-                    fut = self._waiters.pop(self._rid_of(data), None)
-                    if fut is not None and not fut.done():
-                        fut.set_exception(err)
-        if self._reads:
-            ctx = self._rid_prefix + next(self._rids).to_bytes(8, "big")
-            batch_r, self._reads = self._reads, []
-            try:
-                self.raw.read_index(ctx)
-            except ProposalDropped:
+            self._hand_proposals()
+        if self._reads or self._reads_in_flight:
+            self._hand_reads()
+
+    def _hand_proposals(self) -> None:
+        """Give the queued proposals to the core: appended here on the leader, forwarded
+        (``MsgProp``) on a follower. Held, not dropped, while no leader can take them: a
+        leader handing over (its core drops proposals then), no leader known. Held for
+        more than :attr:`leader_wait`, they fail (never proposed: not applied)."""
+        raft = self.raw.raft
+        term = raft.term
+        batch = self._proposals
+        if raft.role is Role.LEADER:
+            if raft.lead_transferee != NONE or raft.id not in raft.prs:
+                self._hold()
+                return
+            out: list[tuple[bytes, int, bytes]] = []
+            restamp = False  # keep the HLC stamps increasing in log order
+            for p in batch:
+                if p[1] != term:
+                    if not p[0]:  # forwarded to this node as leader of an earlier term
+                        self.stats["forwarded_dropped"] += 1
+                        continue
+                    restamp = True
+                out.append(self._renamed(p, term) if restamp else p)
+        else:
+            if raft.lead == NONE or raft.role is not Role.FOLLOWER:
+                self._hold()
+                return
+            # forwarded to this node while it led an earlier term: never appended now,
+            # their proposers find out from the terms they apply. The leader appends a
+            # command only in the term it names: name this one
+            out = [p if p[1] == term else self._renamed(p, term) for p in batch if p[0]]
+            self.stats["forwarded_dropped"] += len(batch) - len(out)
+        self._proposals = []
+        try:
+            self.raw.propose_batch([d for _r, _t, d in out])
+        except ProposalDropped:  # not expected after the checks above: hold them
+            self._proposals = out + self._proposals
+            self._hold()
+            return
+        self._held_since = None
+        self.stats["proposed"] += len(out)
+        forwarded = raft.role is not Role.LEADER
+        if not forwarded:
+            self.stats["led"] += len(out)
+        sent = self._sent
+        for rid, _t, data in out:
+            if rid:
+                sent[rid] = (term, data, forwarded)
+
+    def _hold(self) -> None:
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+            self.stats["proposals_held"] += len(self._proposals)
+            self._wake_later()
+        elif now - self._held_since > self.leader_wait:
+            err = self.not_leader()
+            held, self._proposals = self._proposals, []
+            self._held_since = None
+            for rid, _t, _d in held:
+                fut = self._waiters.pop(rid, None) if rid else None
+                if fut is not None and not fut.done():
+                    fut.set_exception(err)
+        else:
+            self._wake_later()
+
+    def _wake_later(self) -> None:
+        """Come back to held requests even if nothing else wakes the loop."""
+        with contextlib.suppress(RuntimeError):  # no running loop (tests of the class)
+            asyncio.get_running_loop().call_later(0.05, self._wake)
+
+    def _renamed(self, p: tuple[bytes, int, bytes], term: int) -> tuple[bytes, int, bytes]:
+        """Proposal ``p`` for ``term``, stamped anew."""
+        cmd = decode_command(p[2])
+        hlc = self._stamp()
+        new = msgspec.structs.replace(cmd, hlc_wall=hlc.wall, hlc_logical=hlc.logical, term=term)
+        return (p[0], term, encode_command(new))
+
+    def _hand_reads(self) -> None:
+        """Ask the core for a read index for the waiting reads (one request for all),
+        and ask again for requests not answered within :attr:`read_retry`."""
+        now = time.monotonic()
+        if self._reads_in_flight:
+            retry = self.read_retry
+            stale = [c for c, (at, _f) in self._reads_in_flight.items() if now - at > retry]
+            for ctx in stale:
+                _at, futs = self._reads_in_flight.pop(ctx)
+                again = [f for f in futs if not f.done()]
+                self.stats["reads_retried"] += len(again)
+                self._reads.extend(again)
+        if not self._reads:
+            return
+        ctx = self._rid_prefix + next(self._rids).to_bytes(8, "big")
+        try:
+            self.raw.read_index(ctx)
+        except ProposalDropped:  # no leader: wait for one, bounded
+            if self._reads_held_since is None:
+                self._reads_held_since = now
+                self._wake_later()
+            elif now - self._reads_held_since > self.leader_wait:
                 err_r = Unavailable(f"shard {self.group} has no leader", shard=self.group)
-                for f in batch_r:
+                held, self._reads, self._reads_held_since = self._reads, [], None
+                for f in held:
                     if not f.done():
                         f.set_exception(err_r)
-                return
-            self.stats["read_rounds"] += 1
-            self._reads_in_flight[ctx] = batch_r
+            return
+        self._reads_held_since = None
+        batch_r, self._reads = self._reads, []
+        self.stats["read_rounds"] += 1
+        self._reads_in_flight[ctx] = (now, batch_r)
 
     def persist(self, rd: Ready) -> bool:
         """Write the Ready's log state (buffered); True when it needs an fsync."""
@@ -495,8 +637,8 @@ class Replica:
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         for rs in rd.read_states:
-            futs = self._reads_in_flight.pop(rs.request_ctx, None)
-            for f in futs or ():
+            flight = self._reads_in_flight.pop(rs.request_ctx, None)
+            for f in () if flight is None else flight[1]:
                 if not f.done():
                     f.set_result(rs.index)
         self.raw.advance(rd)
@@ -508,45 +650,68 @@ class Replica:
         (the leader orders every version's time, whoever received the request); return
         any other entries (membership changes), to be stepped as they are."""
         rest: list[Entry] = []
+        term = self.raw.raft.term
         for e in entries:
             if e.kind is not EntryKind.NORMAL or not e.data:
                 rest.append(e)
                 continue
             cmd = decode_command(e.data)
-            sm = self.store.sm
-            if sm.clock > self._hlc.last:
-                self._hlc.update(sm.clock, wall_ms())
-            hlc = self._hlc.now(wall_ms())
-            self._proposals.append(
-                encode_command(
-                    msgspec.structs.replace(cmd, hlc_wall=hlc.wall, hlc_logical=hlc.logical)
-                )
-            )
+            if cmd.term not in (0, term):
+                # meant for another term's leader: the proposer finds it lost (by the
+                # terms it applies) and proposes it again; appending it here could
+                # apply it twice
+                self.stats["forwarded_dropped"] += 1
+                continue
+            hlc = self._stamp()
+            new = msgspec.structs.replace(cmd, hlc_wall=hlc.wall, hlc_logical=hlc.logical)
+            self._proposals.append((b"", term, encode_command(new)))
         if len(rest) < len(entries):
             self._wake()
         return rest
 
-    def _fail_forwarded(self) -> None:
-        """The leader changed: a forwarded write may be lost or may still commit."""
-        err = Timeout(
-            "the leader changed while the write was forwarded to it; its outcome is "
-            "unknown (retry with the same Idempotency-Key)",
-            shard=self.group,
-        )
-        for rid in self._forwarded:
+    def _leader_changed(self) -> None:
+        """The leader changed. A data group's writes in flight need nothing: each either
+        applies or is proven lost and proposed again (:meth:`_retry_lost`)."""
+
+    def _fail_unknown(self, why: str, *, forwarded_only: bool = False) -> None:
+        """Fail the writes in flight whose fate this replica can no longer learn."""
+        err = Timeout(f"{why}; the outcome is unknown", shard=self.group)
+        for rid, (_t, _d, fwd) in list(self._sent.items()):
+            if forwarded_only and not fwd:
+                continue
+            del self._sent[rid]
             fut = self._waiters.pop(rid, None)
             if fut is not None and not fut.done():
                 fut.set_exception(err)
-        self._forwarded.clear()
+
+    def _retry_lost(self) -> None:
+        """Propose again the writes handed over in a term older than an applied entry's
+        and not applied: a leader appends a command only in the term it names, and
+        every entry of an older term that commits comes before the first entry of a
+        newer one, so these can never commit. Each goes to the current leader, stamped
+        anew, under the same request id."""
+        newer = self._applied_term
+        lost = [rid for rid, (t, _d, _f) in self._sent.items() if t < newer]
+        if not lost:
+            return
+        term = self.raw.raft.term
+        for rid in lost:
+            _t, data, _f = self._sent.pop(rid)
+            fut = self._waiters.get(rid)
+            if fut is None or fut.done():
+                continue
+            self.stats["proposals_retried"] += 1
+            self._proposals.append(self._renamed((rid, term, data), term))
+        self._wake()
 
     def _on_soft_state(self, lead: int, role: Role) -> None:
         was_leader = self.role is Role.LEADER
-        if lead != self.lead and self._forwarded:
-            self._fail_forwarded()
+        if lead != self.lead and self._sent:
+            self._leader_changed()
         self.lead, self.role = lead, role
         if self._reads_in_flight:
             # a read index request is dropped when the leader changes: ask again
-            for futs in self._reads_in_flight.values():
+            for _at, futs in self._reads_in_flight.values():
                 self._reads.extend(f for f in futs if not f.done())
             self._reads_in_flight.clear()
             self._wake()
@@ -554,11 +719,6 @@ class Replica:
             log.info("group %d: node %d is no longer leader", self.group, self.node_id)
         if role is Role.LEADER and not was_leader and self._on_leader is not None:
             self._on_leader(self)
-
-    @staticmethod
-    def _rid_of(data: bytes) -> bytes:
-        """The request id of a proposal's data."""
-        return decode_command(data).rid
 
     # -- apply ----------------------------------------------------------------------------
 
@@ -576,7 +736,7 @@ class Replica:
                 changed = True
                 fut = self._waiters.pop(cmd.rid, None)
                 if fut is not None:
-                    self._forwarded.discard(cmd.rid)
+                    self._sent.pop(cmd.rid, None)
                     if not fut.done():
                         fut.set_result(outcome)
             elif e.kind is EntryKind.CONF_CHANGE:
@@ -585,6 +745,15 @@ class Replica:
                 sm.mark_applied(e.index)
         self.stats["applied"] += applied
         self._applied_upto(changed)
+        self._applied_entries(entries)
+
+    def _applied_entries(self, entries: list[Entry]) -> None:
+        """After applying ``entries``: an entry of a newer term proves the older terms'
+        unapplied proposals lost."""
+        if entries and entries[-1].term > self._applied_term:
+            self._applied_term = entries[-1].term
+            if self._sent:
+                self._retry_lost()
 
     def _applied_upto(self, changed: bool) -> None:
         """Wake the waiters of what is applied now (and the watchers, if data changed)."""
@@ -690,6 +859,11 @@ class Replica:
         self.removed = load_removed(self.engine)
         self._on_peers_changed(self.peers)
         self.stats["snapshots_installed"] += 1
+        # the entries the snapshot covers are never applied here one by one: whether a
+        # write in flight is among them cannot be known
+        self._applied_term = max(self._applied_term, snap.meta.term)
+        if self._sent:
+            self._fail_unknown("a snapshot replaced this replica's state")
         self._changed.set()
         self._changed = asyncio.Event()
 

@@ -110,6 +110,11 @@ BALANCE_EVERY = 1.0
 LIVENESS_GROUP = -1
 """The pseudo-group of the per-node-pair liveness pings; no replica has it."""
 
+BALANCE_GROUP = -2
+"""The pseudo-group of leader-balancing hints: a ``MsgTransferLeader`` from the metadata
+leader to the node leading a shard, ``index`` = the shard, ``commit`` = the node to hand
+the leadership to (replica ids are local knowledge: the receiver picks its replica)."""
+
 QUIESCE_ENV = "TIDEKV_QUIESCE"
 """``0`` turns quiescence (and the liveness pings) off, for benchmarks and bisecting."""
 
@@ -146,6 +151,7 @@ class Node:
             "readies": 0,
             "liveness_wakes": 0,
             "balance_transfers": 0,
+            "balance_hints": 0,
         }
         self.me = cfg.me()
         self.meta: MetaReplica | None = None
@@ -291,9 +297,10 @@ class Node:
     async def _balance_leaders(self) -> None:
         """On the metadata leader: spread the shard leaders evenly
         (:class:`~tidekv.sharding.balancer.LeaderBalancer` over the leaders seen). A
-        transfer is a hint stepped into this node's replica of the shard, which hands it
-        to the shard's leader when it is a follower (Raft's MsgTransferLeader); shards
-        this node does not replicate are left as they are (needs a hint message)."""
+        transfer is a hint: stepped into this node's replica of the shard, which hands it
+        to the shard's leader when it is a follower (Raft's MsgTransferLeader), or, for a
+        shard this node does not replicate, sent to the node that leads it
+        (:data:`BALANCE_GROUP`)."""
         lb = LeaderBalancer(BALANCER)
         loop = asyncio.get_running_loop()
         while not self._closing:
@@ -303,18 +310,44 @@ class Node:
                 continue
             try:
                 for t in lb.poll(int(loop.time() * 1000), st):
-                    rep = self.replicas.get(t.shard)
-                    raft = None if rep is None else rep.raw.raft
-                    if rep is None or raft is None or rep.node_of is None:
-                        continue
-                    to = [r for r in raft.voters if rep.node_of(r) == t.to]
-                    if to:
-                        log.info("shard %d: leadership %d -> %d (balancing)", t.shard, t.frm, t.to)
-                        rep.raw.transfer_leader(to[0])
-                        self.stats["balance_transfers"] += 1
-                        self.wake()
+                    log.info("shard %d: leadership %d -> %d (balancing)", t.shard, t.frm, t.to)
+                    if t.shard in self.replicas:
+                        self._transfer_shard_leader(t.shard, t.to)
+                    else:
+                        hint = Message(
+                            MessageType.TRANSFER_LEADER,
+                            to=t.frm,
+                            frm=self.cfg.node_id,
+                            index=t.shard,
+                            commit=t.to,
+                        )
+                        self.transport.send(BALANCE_GROUP, [hint])
+                    self.stats["balance_transfers"] += 1
             except Exception:  # balancing is an optimisation: never take the node down
                 log.exception("leader balancing failed")
+
+    def _transfer_shard_leader(self, shard: int, to_node: int) -> bool:
+        """Ask shard ``shard``'s leader (this node's replica, or through it the leader it
+        knows) to hand the leadership to ``to_node``'s replica; False if this node has no
+        replica of the shard or knows none on ``to_node``."""
+        rep = self.replicas.get(shard)
+        if rep is None or rep.node_of is None:
+            return False
+        to = [r for r in rep.raw.raft.voters if rep.node_of(r) == to_node]
+        if not to:
+            return False
+        rep.raw.transfer_leader(to[0])
+        self.wake()
+        return True
+
+    def _on_balance_hint(self, frm: int, m: Message) -> None:
+        """A leader-balancing hint from the metadata leader (:data:`BALANCE_GROUP`)."""
+        if m.type is not MessageType.TRANSFER_LEADER or frm not in self.members:
+            return
+        if self._transfer_shard_leader(m.index, m.commit):
+            self.stats["balance_hints"] += 1
+        else:
+            log.debug("shard %d: balancing hint from node %d not applicable", m.index, frm)
 
     def _on_meta_state(self, state: ClusterState) -> None:
         self.adopt_state(state)
@@ -430,6 +463,8 @@ class Node:
             max_key_bytes=cfg.max_key_bytes,
             max_value_bytes=cfg.max_value_bytes,
             compact_every=cfg.compact_every,
+            leader_wait=cfg.leader_wait_s(),
+            read_retry=2 * cfg.election_timeout(),
         )
         rep: Replica
         if not self.sharded:
@@ -552,6 +587,9 @@ class Node:
             self._heard[frm] = asyncio.get_running_loop().time()
         stepped = False
         for group, m in msgs:
+            if group == BALANCE_GROUP:
+                self._on_balance_hint(frm, m)
+                continue
             rep = self.replicas.get(group)
             if rep is None or (rep.node_of is not None and m.to != rep.raw.raft.id):
                 rep = self._route_sharded(frm, group, m, rep)

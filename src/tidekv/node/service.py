@@ -201,6 +201,8 @@ class NodeService:
         author: str | None = None,
     ) -> WriteResult:
         rep = self._rep_for_key(key)
+        if rep.raw.raft.lead == NONE:  # a leader change: wait for the new leader
+            await rep.wait_for_leader(min(self.timeout, rep.leader_wait), rep.not_leader)
         if not rep.is_leader:
             raise rep.not_leader()
         store = rep.store
@@ -225,8 +227,7 @@ class NodeService:
             check_version_id(fields["if_match"])
         if fields.get("author") is None:
             fields["author"] = ""
-        if not rep.can_propose():
-            raise rep.not_leader()
+        # with no leader known the replica waits for one (a leader change), bounded
         return await rep.write(fields, self.timeout)
 
     # -- reads ------------------------------------------------------------------------------
@@ -890,6 +891,28 @@ class _NodeCollector(Collector):
         c_reads = CounterMetricFamily(
             "tidekv_read_index_rounds", "ReadIndex rounds started", labels=["shard"]
         )
+        ride = {
+            "led": CounterMetricFamily(
+                "tidekv_writes_led",
+                "Write commands this node appended as the shard's leader",
+                labels=["shard"],
+            ),
+            "proposals_held": CounterMetricFamily(
+                "tidekv_proposals_held",
+                "Proposals held because no leader could take them (a leader change)",
+                labels=["shard"],
+            ),
+            "proposals_retried": CounterMetricFamily(
+                "tidekv_proposals_retried",
+                "Writes proposed again after their proposal was proven lost in a leader change",
+                labels=["shard"],
+            ),
+            "reads_retried": CounterMetricFamily(
+                "tidekv_read_index_retried",
+                "Reads whose ReadIndex request was asked again (unanswered in time)",
+                labels=["shard"],
+            ),
+        }
         for gid, rep in node.replicas.items():
             raft = rep.raw.raft
             s = str(gid)
@@ -901,7 +924,10 @@ class _NodeCollector(Collector):
             c_prop.add_metric([s], rep.stats["proposed"])
             c_reads.add_metric([s], rep.stats["read_rounds"])
             c_removed.add_metric([s], rep.stats["from_removed"])
+            for name, fam in ride.items():
+                fam.add_metric([s], rep.stats[name])
         yield from g.values()
+        yield from ride.values()
         yield c_prop
         yield c_reads
         yield c_removed
@@ -919,6 +945,12 @@ class _NodeCollector(Collector):
             "tidekv_leader_balance_transfers",
             "Leadership transfers this node (as metadata leader) asked for to spread leaders",
             value=node.stats["balance_transfers"],
+        )
+        yield CounterMetricFamily(
+            "tidekv_leader_balance_hints",
+            "Leader-balancing hints this node took from the metadata leader for a shard "
+            "it replicates and the metadata leader does not",
+            value=node.stats["balance_hints"],
         )
         yield CounterMetricFamily("tidekv_wal_fsyncs", "WAL fsyncs", value=node.stats["fsyncs"])
         yield CounterMetricFamily(
