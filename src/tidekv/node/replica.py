@@ -312,7 +312,7 @@ class Replica:
         # merged feed, goes to a node that holds the shard), not at their timeout
         gone = Unavailable(f"shard {self.group} is no longer served here", shard=self.group)
         pending: list[asyncio.Future[Any]] = list(self._reads)
-        pending += [f for fs in self._reads_in_flight.values() for f in fs]
+        pending += [f for _at, fs in self._reads_in_flight.values() for f in fs]
         pending += [f for _i, _s, f in self._applied_waiters]
         for f in pending:
             if not f.done():
