@@ -263,7 +263,10 @@ class Store:
         if_none_match: bool,
         author: str | None,
         require_exists: bool = False,
+        kb: bytes | None = None,
     ) -> WriteResult:
+        """One change under the write lock; ``kb`` (the key's checked UTF-8) for the put
+        of a value with no if-match: :meth:`StateMachine.put_value`."""
         if if_match is not None:
             check_version_id(if_match)
         with self._lock:
@@ -279,18 +282,30 @@ class Store:
                 # versions applied from elsewhere (replication) moved the clock on: a
                 # local write must come after everything it may have seen
                 hlc.update(clock, self._clock())
-            result = sm.write(
-                key,
-                value,
-                content_type,
-                hlc.now(self._clock()),
-                self.origin,
-                self.author if author is None else author,
-                if_match,
-                if_none_match,
-                None,
-                require_exists,
-            )
+            if kb is not None and value is not None:
+                result = sm.put_value(
+                    key,
+                    kb,
+                    value,
+                    content_type,
+                    hlc.now(self._clock()),
+                    self.origin,
+                    self.author if author is None else author,
+                    if_none_match,
+                )
+            else:
+                result = sm.write(
+                    key,
+                    value,
+                    content_type,
+                    hlc.now(self._clock()),
+                    self.origin,
+                    self.author if author is None else author,
+                    if_match,
+                    if_none_match,
+                    None,
+                    require_exists,
+                )
             if self._followers:
                 self._changed.notify_all()
             return result
@@ -311,13 +326,17 @@ class Store:
         (a JSON document). ``if_match``: write only if that version is the key's sole
         current head; ``if_none_match``: write only if the key is absent.
         """
-        self.key_bytes(key)
+        kb = self.key_bytes(key)
+        if if_match is not None:
+            kb = None  # put_value is for writes without if-match
         if type(value) is bytes and content_type is None:  # the hot path: bytes as given
             if len(value) > self.max_value_bytes:
                 self.encode_value(value, None)  # raises ValueTooLarge
-            return self._write(key, value, BYTES_CONTENT_TYPE, if_match, if_none_match, author)
+            return self._write(
+                key, value, BYTES_CONTENT_TYPE, if_match, if_none_match, author, False, kb
+            )
         data, ctype = self.encode_value(value, content_type)
-        return self._write(key, data, ctype, if_match, if_none_match, author)
+        return self._write(key, data, ctype, if_match, if_none_match, author, False, kb)
 
     def delete(
         self, key: str, *, if_match: str | None = None, author: str | None = None
