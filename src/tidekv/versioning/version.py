@@ -292,19 +292,23 @@ def trusted_version_id(
         pb = _ONE_PARENT + parents[0].encode()
     else:
         pb = _U32.pack(n) + b"".join([_LP40 + p.encode() for p in parents])
-    return _sha256(
-        b"".join(
-            (
-                _ID_HEAD,
-                _U32.pack(len(kb)),
-                kb,
-                pb,
-                _LP64 + _hexlify(digest) if digest else _LP0,
-                _HLC10.pack(wall, logical),
-                id_tail(origin, deleted, content_type, author),
+    return (
+        _sha256(
+            b"".join(
+                (
+                    _ID_HEAD,
+                    _U32.pack(len(kb)),
+                    kb,
+                    pb,
+                    _LP64 + _hexlify(digest) if digest else _LP0,
+                    _HLC10.pack(wall, logical),
+                    id_tail(origin, deleted, content_type, author),
+                )
             )
         )
-    ).digest()[:20].hex()
+        .digest()[:20]
+        .hex()
+    )
 
 
 def _tail(origin: str, deleted: bool, content_type: str, author: str) -> bytes:
