@@ -462,6 +462,7 @@ class StateMachine:
         self._write_ops = engine.batch_writer()
         #: format 4's put of a new key: K and C in one batch, built inline (put_value)
         self._pair = engine.pair_writer(self.kspace, self.dflt) if self.format >= 4 else None
+        self._tails: dict[tuple[str, str, str], bytes] = {}  # id_tail of the puts seen
         self.revision, self.clock = self._recover_position()
         raw = engine.get(APPLIED_KEY)
         self.applied = 0 if raw is None else _REV.unpack(raw)[0]
@@ -657,7 +658,12 @@ class StateMachine:
         else:  # the key has no record: parents (), the new version is the one head
             wall = hlc.wall
             logical = hlc.logical
-            tail = id_tail(origin, False, content_type, author)
+            tk = (origin, content_type, author)
+            tail = self._tails.get(tk)
+            if tail is None:
+                tail = id_tail(origin, False, content_type, author)
+                if len(self._tails) < 64:  # bounded: the author is the caller's
+                    self._tails[tk] = tail
             vb = _id_bytes(kb, (), value, wall, logical, tail)
             vid = vb.hex()
             revision = self.revision + 1

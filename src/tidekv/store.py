@@ -74,9 +74,12 @@ _trusted_ts = HLCTimestamp.trusted
 _key_decode = msgspec.msgpack.Decoder(KeyRecord).decode
 
 
+_time_ns = time.time_ns
+
+
 def wall_clock_ms() -> int:
     """Physical time in milliseconds since the Unix epoch (the store's default clock)."""
-    return time.time_ns() // 1_000_000
+    return _time_ns() // 1_000_000
 
 
 class Item(msgspec.Struct, frozen=True, gc=False):
@@ -134,6 +137,7 @@ class Store:
         self.max_value_bytes = max_value_bytes
         self.author = author
         self._clock = clock
+        self._ns = clock is wall_clock_ms  # the hot path reads time_ns itself
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._followers = 0  # change iterators waiting on _changed
@@ -144,6 +148,7 @@ class Store:
         self._kprefix = self.sm.kprefix
         self.origin = self._load_origin(origin)
         self._hlc = HLC(self.sm.clock)
+        self._stamp: HLCTimestamp | None = None  # the time stamp of the last local write
 
     def _load_origin(self, wanted: str | None) -> str:
         stored = self.engine.get(meta_key("origin"))
@@ -274,21 +279,20 @@ class Store:
                 raise StoreClosed("the store is closed")
             sm = self.sm
             hlc = self._hlc
-            clock, last = sm.clock, hlc.last
-            # (after a local write they are the same object: no comparison)
-            if clock is not last and (
-                clock.wall > last.wall or (clock.wall == last.wall and clock.logical > last.logical)
-            ):
+            clock = sm.clock
+            # (after a local write it is the time stamp that write got: no comparison)
+            if clock is not self._stamp and clock > hlc.last:
                 # versions applied from elsewhere (replication) moved the clock on: a
                 # local write must come after everything it may have seen
                 hlc.update(clock, self._clock())
+            ts = self._stamp = hlc.now(_time_ns() // 1_000_000 if self._ns else self._clock())
             if kb is not None and value is not None:
                 result = sm.put_value(
                     key,
                     kb,
                     value,
                     content_type,
-                    hlc.now(self._clock()),
+                    ts,
                     self.origin,
                     self.author if author is None else author,
                     if_none_match,
@@ -298,7 +302,7 @@ class Store:
                     key,
                     value,
                     content_type,
-                    hlc.now(self._clock()),
+                    ts,
                     self.origin,
                     self.author if author is None else author,
                     if_match,

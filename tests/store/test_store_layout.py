@@ -528,3 +528,37 @@ def test_change_feed_readers_without_the_lock_find_every_version(
     assert seen[0] == 2 * 1500
     assert s.verify()["versions"] == 1500
     s.close()
+
+
+def test_the_put_of_a_value_writes_what_the_general_path_writes(
+    engine_name: str, tmp_path: Path
+) -> None:
+    """StateMachine.put_value (the embedded put: its own path for a new key in format 4)
+    leaves the same records and results as StateMachine.write (through _plan)."""
+
+    def machine(name: str) -> tuple[Engine, StateMachine]:
+        path = None if engine_name == "memory" else str(tmp_path / name)
+        engine = open_engine(engine_name, path)
+        return engine, StateMachine(engine, sync=False)
+
+    (fast_engine, fast), (slow_engine, slow) = machine("fast"), machine("slow")
+    texts = "text/plain; charset=utf-8"
+    writes = [  # (key, value, content type, author)
+        ("k", b"one", "application/octet-stream", ""),
+        ("k", b"two", "application/octet-stream", ""),  # replaces: the _plan path
+        ("ключ", b"", texts, "ada"),  # an empty value, another content type and author
+        ("doc", b'{"a":1}', "application/json", ""),
+        ("x" * 300, bytes(range(256)) * 5, "application/x-custom", "bob"),
+        ("k2", b"v", "application/octet-stream", "ada"),
+    ]
+    for i, (key, value, ctype, author) in enumerate(writes):
+        hlc = HLCTimestamp(1_763_800_000_000 + i // 2, i)
+        got = fast.put_value(key, key.encode(), value, ctype, hlc, "site", author)
+        want = slow.write(key, value, ctype, hlc, "site", author)
+        assert got == want
+    assert (fast.revision, fast.clock) == (slow.revision, slow.clock)
+    for name in (DEFAULT_KEYSPACE, KEYS_KEYSPACE):
+        assert list(fast_engine.keyspace(name).scan()) == list(slow_engine.keyspace(name).scan())
+    assert verify(fast) == verify(slow)
+    fast_engine.close()
+    slow_engine.close()
