@@ -330,7 +330,7 @@ class Store:
         (a JSON document). ``if_match``: write only if that version is the key's sole
         current head; ``if_none_match``: write only if the key is absent.
         """
-        kb = self.key_bytes(key)
+        kb: bytes | None = self.key_bytes(key)
         if if_match is not None:
             kb = None  # put_value is for writes without if-match
         if type(value) is bytes and content_type is None:  # the hot path: bytes as given

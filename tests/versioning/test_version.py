@@ -23,8 +23,8 @@ from tidekv.versioning import (
     canonical_version_bytes,
     check_version_id,
     compute_version_id,
-    is_version_id,
     id_tail,
+    is_version_id,
     make_version,
     trusted_id_bytes,
     trusted_version_id,
@@ -452,7 +452,7 @@ def _idhash() -> Any:
 
         headers = Path(sysconfig.get_paths()["include"], "Python.h").exists()
         if shutil.which("cc") and headers:
-            raise AssertionError("a C compiler is here but the extension was not built")
+            raise AssertionError("a C compiler is here but the extension was not built") from None
         pytest.skip("no C compiler: the pure Python version id is used")
     return _idhash
 
