@@ -330,10 +330,25 @@ class Store:
         (a JSON document). ``if_match``: write only if that version is the key's sole
         current head; ``if_none_match``: write only if the key is absent.
         """
-        kb: bytes | None = self.key_bytes(key)
+        if type(key) is str and type(value) is bytes and content_type is None:
+            # the hot path: a str key, bytes as given (the checks of key_bytes, inline)
+            try:
+                kb: bytes | None = key.encode()
+            except UnicodeEncodeError:
+                kb = None
+            if (
+                kb
+                and len(kb) <= self.max_key_bytes
+                and len(value) <= self.max_value_bytes
+                and if_match is None
+            ):
+                return self._write(
+                    key, value, BYTES_CONTENT_TYPE, None, if_none_match, author, False, kb
+                )
+        kb = self.key_bytes(key)
         if if_match is not None:
             kb = None  # put_value is for writes without if-match
-        if type(value) is bytes and content_type is None:  # the hot path: bytes as given
+        if type(value) is bytes and content_type is None:  # bytes as given
             if len(value) > self.max_value_bytes:
                 self.encode_value(value, None)  # raises ValueTooLarge
             return self._write(
