@@ -360,6 +360,42 @@ def _decode_outcome(raw: bytes) -> WriteResult | TideError:
     )
 
 
+def _py_new_key_records(
+    kb: bytes,
+    value: bytes,
+    wall: int,
+    logical: int,
+    tail: bytes,
+    revision: int,
+    ct: int | str,
+    origin: str,
+    author: str,
+    clock_wall: int,
+    clock_logical: int,
+) -> tuple[str, bytes, bytes, bytes]:
+    """(version id, K record, C key, C value) of the put of a value to a new key in
+    format 4 (parents (), the new version the one head), given the id's ``tail``
+    (:func:`id_tail`), the content type's code (or text) and the store's clock after
+    the change: the bytes :meth:`StateMachine._plan` writes for it. The C twin
+    (``tidekv._putrec``, built by setup.py where it can be) returns the same bytes."""
+    vb = _id_bytes(kb, (), value, wall, logical, tail)
+    vid = vb.hex()
+    record = _enc_fn(((), vid, revision, ct, False, value, wall, logical, (), origin, author))
+    change = _CHANGE.pack(_CHANGE_FORMAT, vb, False, clock_wall, clock_logical) + kb
+    return vid, record, _CKEY.pack(C, revision), change
+
+
+try:  # the C twin of _py_new_key_records
+    from tidekv._putrec import new_key_records as _c_new_key_records
+except ImportError:  # pragma: no cover - the build is optional
+    _c_new_key_records = None
+
+_new_key_records: Callable[
+    [bytes, bytes, int, int, bytes, int, int | str, str, str, int, int],
+    tuple[str, bytes, bytes, bytes],
+] = _c_new_key_records or _py_new_key_records
+
+
 def decode_key_record(raw: bytes) -> KeyRecord:
     try:
         return _key_dec.decode(raw)
@@ -664,32 +700,23 @@ class StateMachine:
                 tail = id_tail(origin, False, content_type, author)
                 if len(self._tails) < 64:  # bounded: the author is the caller's
                     self._tails[tk] = tail
-            vb = _id_bytes(kb, (), value, wall, logical, tail)
-            vid = vb.hex()
             revision = self.revision + 1
             c = self.clock
             clock = hlc if wall > c.wall or (wall == c.wall and logical > c.logical) else c
-            pair(
+            vid, record, ckey, change = _new_key_records(
                 kb,
-                _enc_fn(
-                    (
-                        (),
-                        vid,
-                        revision,
-                        _CT_CODE.get(content_type, content_type),
-                        False,
-                        value,
-                        wall,
-                        logical,
-                        (),
-                        origin,
-                        author,
-                    )
-                ),
-                _CKEY.pack(C, revision),
-                _CHANGE.pack(_CHANGE_FORMAT, vb, False, clock.wall, clock.logical) + kb,
-                self.sync,
+                value,
+                wall,
+                logical,
+                tail,
+                revision,
+                _CT_CODE.get(content_type, content_type),
+                origin,
+                author,
+                clock.wall,
+                clock.logical,
             )
+            pair(kb, record, ckey, change, self.sync)
             result = WriteResult(key, vid, (), revision, hlc, False, (vid,))
         self.revision = result.revision
         self.clock = clock
