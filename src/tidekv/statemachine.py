@@ -74,13 +74,16 @@ from tidekv.versioning import (
     Version,
     check_version_id,
     get_resolver,
+    id_tail,
     order_key,
+    trusted_id_bytes,
     trusted_version_id,
 )
 
 K, V, D, C, M = b"K", b"V", b"D", b"C", b"M"
 IDEM = b"I"
 _REV = struct.Struct(">Q")
+_CKEY = struct.Struct(">cQ")  # C + revision: a change key in one pack
 
 FORMAT_VERSION = 4
 FORMATS = (3, 4)  # the values of ``M format`` this code reads (formats 1-2 have none)
@@ -92,6 +95,7 @@ _fromhex = bytes.fromhex
 _trusted_ts = HLCTimestamp.trusted
 _trusted_version = Version._trusted
 _CT_CODE = {t: i for i, t in enumerate(CONTENT_TYPE_CODES)}
+_id_bytes = trusted_id_bytes
 
 
 class KeyRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -202,6 +206,7 @@ class ChangeRecord(msgspec.Struct, array_like=True, frozen=True):
 
 
 _enc = msgspec.msgpack.Encoder()
+_enc_fn = _enc.encode
 _key_enc = _enc
 _key_dec = msgspec.msgpack.Decoder(KeyRecord)
 _full_dec = msgspec.msgpack.Decoder(FullKeyRecord)
@@ -355,6 +360,42 @@ def _decode_outcome(raw: bytes) -> WriteResult | TideError:
     )
 
 
+def _py_new_key_records(
+    kb: bytes,
+    value: bytes,
+    wall: int,
+    logical: int,
+    tail: bytes,
+    revision: int,
+    ct: int | str,
+    origin: str,
+    author: str,
+    clock_wall: int,
+    clock_logical: int,
+) -> tuple[str, bytes, bytes, bytes]:
+    """(version id, K record, C key, C value) of the put of a value to a new key in
+    format 4 (parents (), the new version the one head), given the id's ``tail``
+    (:func:`id_tail`), the content type's code (or text) and the store's clock after
+    the change: the bytes :meth:`StateMachine._plan` writes for it. The C twin
+    (``tidekv._putrec``, built by setup.py where it can be) returns the same bytes."""
+    vb = _id_bytes(kb, (), value, wall, logical, tail)
+    vid = vb.hex()
+    record = _enc_fn(((), vid, revision, ct, False, value, wall, logical, (), origin, author))
+    change = _CHANGE.pack(_CHANGE_FORMAT, vb, False, clock_wall, clock_logical) + kb
+    return vid, record, _CKEY.pack(C, revision), change
+
+
+try:  # the C twin of _py_new_key_records
+    from tidekv._putrec import new_key_records as _c_new_key_records
+except ImportError:  # pragma: no cover - the build is optional
+    _c_new_key_records = None
+
+_new_key_records: Callable[
+    [bytes, bytes, int, int, bytes, int, int | str, str, str, int, int],
+    tuple[str, bytes, bytes, bytes],
+] = _c_new_key_records or _py_new_key_records
+
+
 def decode_key_record(raw: bytes) -> KeyRecord:
     try:
         return _key_dec.decode(raw)
@@ -455,6 +496,9 @@ class StateMachine:
         self.kprefix: bytes = b"" if self.format >= 3 else K
         self._kget = self.kspace.getter()
         self._write_ops = engine.batch_writer()
+        #: format 4's put of a new key: K and C in one batch, built inline (put_value)
+        self._pair = engine.pair_writer(self.kspace, self.dflt) if self.format >= 4 else None
+        self._tails: dict[tuple[str, str, str], bytes] = {}  # id_tail of the puts seen
         self.revision, self.clock = self._recover_position()
         raw = engine.get(APPLIED_KEY)
         self.applied = 0 if raw is None else _REV.unpack(raw)[0]
@@ -612,6 +656,72 @@ class StateMachine:
         self.clock = clock
         return result
 
+    def put_value(
+        self,
+        key: str,
+        kb: bytes,
+        value: bytes,
+        content_type: str,
+        hlc: HLCTimestamp,
+        origin: str,
+        author: str,
+        if_none_match: bool = False,
+    ) -> WriteResult:
+        """:meth:`write` of a value by a local writer (parents: the current heads, no
+        if-match), the embedded store's put: ``kb`` is the key's UTF-8, already checked.
+
+        A new key in format 4 (the common put) has a path of its own: its two records
+        (K, C) built here, with no op list, version object or second read of K, and
+        written by the engine's pair writer, the same bytes :meth:`_plan` writes
+        (tests compare both); every other put goes through :meth:`_plan`."""
+        pair = self._pair
+        raw = self._kget(kb) if pair is not None else b""
+        if raw is not None or pair is None:
+            ops, result, clock = self._plan(
+                key,
+                value,
+                content_type,
+                hlc,
+                origin,
+                author,
+                None,
+                if_none_match,
+                None,
+                False,
+                raw,
+            )
+            self._write_ops(ops, self.sync)
+        else:  # the key has no record: parents (), the new version is the one head
+            wall = hlc.wall
+            logical = hlc.logical
+            tk = (origin, content_type, author)
+            tail = self._tails.get(tk)
+            if tail is None:
+                tail = id_tail(origin, False, content_type, author)
+                if len(self._tails) < 64:  # bounded: the author is the caller's
+                    self._tails[tk] = tail
+            revision = self.revision + 1
+            c = self.clock
+            clock = hlc if wall > c.wall or (wall == c.wall and logical > c.logical) else c
+            vid, record, ckey, change = _new_key_records(
+                kb,
+                value,
+                wall,
+                logical,
+                tail,
+                revision,
+                _CT_CODE.get(content_type, content_type),
+                origin,
+                author,
+                clock.wall,
+                clock.logical,
+            )
+            pair(kb, record, ckey, change, self.sync)
+            result = WriteResult(key, vid, (), revision, hlc, False, (vid,))
+        self.revision = result.revision
+        self.clock = clock
+        return result
+
     def apply_entry(self, cmd: WriteCommand, index: int) -> WriteResult | TideError:
         """The replicated write path: apply the command of the Raft entry at ``index``.
 
@@ -669,6 +779,7 @@ class StateMachine:
         if_none_match: bool,
         parents: tuple[str, ...] | None,
         require_exists: bool,
+        raw: bytes | None = b"",
     ) -> tuple[list[KsOp], WriteResult, HLCTimestamp]:
         """The engine ops of one change and its result; raises when a precondition fails.
 
@@ -676,11 +787,13 @@ class StateMachine:
         object, the id over the canonical encoding by :func:`trusted_version_id`, each
         record encoded once. Format 4: a put that K serves is two records (K, C), plus
         the V record of the version K stops serving; older formats: V, C, K and a D
-        record for the value K stops serving."""
+        record for the value K stops serving. ``raw``: the key record as the caller
+        just read it under the write lock (b"": not read yet)."""
         kb = key.encode()
         kk = self.kprefix + kb
         kspace = self.kspace
-        raw = self._kget(kk)
+        if raw == b"":
+            raw = self._kget(kk)
         if raw is None:
             current = None
             heads: tuple[str, ...] = ()

@@ -74,9 +74,12 @@ _trusted_ts = HLCTimestamp.trusted
 _key_decode = msgspec.msgpack.Decoder(KeyRecord).decode
 
 
+_time_ns = time.time_ns
+
+
 def wall_clock_ms() -> int:
     """Physical time in milliseconds since the Unix epoch (the store's default clock)."""
-    return time.time_ns() // 1_000_000
+    return _time_ns() // 1_000_000
 
 
 class Item(msgspec.Struct, frozen=True, gc=False):
@@ -134,6 +137,7 @@ class Store:
         self.max_value_bytes = max_value_bytes
         self.author = author
         self._clock = clock
+        self._ns = clock is wall_clock_ms  # the hot path reads time_ns itself
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._followers = 0  # change iterators waiting on _changed
@@ -144,6 +148,7 @@ class Store:
         self._kprefix = self.sm.kprefix
         self.origin = self._load_origin(origin)
         self._hlc = HLC(self.sm.clock)
+        self._stamp: HLCTimestamp | None = None  # the time stamp of the last local write
 
     def _load_origin(self, wanted: str | None) -> str:
         stored = self.engine.get(meta_key("origin"))
@@ -263,7 +268,10 @@ class Store:
         if_none_match: bool,
         author: str | None,
         require_exists: bool = False,
+        kb: bytes | None = None,
     ) -> WriteResult:
+        """One change under the write lock; ``kb`` (the key's checked UTF-8) for the put
+        of a value with no if-match: :meth:`StateMachine.put_value`."""
         if if_match is not None:
             check_version_id(if_match)
         with self._lock:
@@ -271,26 +279,37 @@ class Store:
                 raise StoreClosed("the store is closed")
             sm = self.sm
             hlc = self._hlc
-            clock, last = sm.clock, hlc.last
-            # (after a local write they are the same object: no comparison)
-            if clock is not last and (
-                clock.wall > last.wall or (clock.wall == last.wall and clock.logical > last.logical)
-            ):
+            clock = sm.clock
+            # (after a local write it is the time stamp that write got: no comparison)
+            if clock is not self._stamp and clock > hlc.last:
                 # versions applied from elsewhere (replication) moved the clock on: a
                 # local write must come after everything it may have seen
                 hlc.update(clock, self._clock())
-            result = sm.write(
-                key,
-                value,
-                content_type,
-                hlc.now(self._clock()),
-                self.origin,
-                self.author if author is None else author,
-                if_match,
-                if_none_match,
-                None,
-                require_exists,
-            )
+            ts = self._stamp = hlc.now(_time_ns() // 1_000_000 if self._ns else self._clock())
+            if kb is not None and value is not None:
+                result = sm.put_value(
+                    key,
+                    kb,
+                    value,
+                    content_type,
+                    ts,
+                    self.origin,
+                    self.author if author is None else author,
+                    if_none_match,
+                )
+            else:
+                result = sm.write(
+                    key,
+                    value,
+                    content_type,
+                    ts,
+                    self.origin,
+                    self.author if author is None else author,
+                    if_match,
+                    if_none_match,
+                    None,
+                    require_exists,
+                )
             if self._followers:
                 self._changed.notify_all()
             return result
@@ -311,13 +330,32 @@ class Store:
         (a JSON document). ``if_match``: write only if that version is the key's sole
         current head; ``if_none_match``: write only if the key is absent.
         """
-        self.key_bytes(key)
-        if type(value) is bytes and content_type is None:  # the hot path: bytes as given
+        if type(key) is str and type(value) is bytes and content_type is None:
+            # the hot path: a str key, bytes as given (the checks of key_bytes, inline)
+            try:
+                kb: bytes | None = key.encode()
+            except UnicodeEncodeError:
+                kb = None
+            if (
+                kb
+                and len(kb) <= self.max_key_bytes
+                and len(value) <= self.max_value_bytes
+                and if_match is None
+            ):
+                return self._write(
+                    key, value, BYTES_CONTENT_TYPE, None, if_none_match, author, False, kb
+                )
+        kb = self.key_bytes(key)
+        if if_match is not None:
+            kb = None  # put_value is for writes without if-match
+        if type(value) is bytes and content_type is None:  # bytes as given
             if len(value) > self.max_value_bytes:
                 self.encode_value(value, None)  # raises ValueTooLarge
-            return self._write(key, value, BYTES_CONTENT_TYPE, if_match, if_none_match, author)
+            return self._write(
+                key, value, BYTES_CONTENT_TYPE, if_match, if_none_match, author, False, kb
+            )
         data, ctype = self.encode_value(value, content_type)
-        return self._write(key, data, ctype, if_match, if_none_match, author)
+        return self._write(key, data, ctype, if_match, if_none_match, author, False, kb)
 
     def delete(
         self, key: str, *, if_match: str | None = None, author: str | None = None

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tidekv
+from tidekv import statemachine
 from tidekv.errors import CorruptionError, VersionNotFound
 from tidekv.statemachine import (
     FORMAT_KEY,
@@ -24,6 +27,7 @@ from tidekv.statemachine import (
     V,
     WriteCommand,
     WriteResult,
+    _py_new_key_records,
     change_key,
     key_key,
     value_key,
@@ -32,7 +36,7 @@ from tidekv.statemachine import (
 )
 from tidekv.storage import DEFAULT_KEYSPACE, Engine, open_engine
 from tidekv.store import Store
-from tidekv.versioning import HLCTimestamp, Version, make_version
+from tidekv.versioning import HLCTimestamp, Version, id_tail, make_version
 
 from .conftest import FakeClock
 
@@ -528,3 +532,75 @@ def test_change_feed_readers_without_the_lock_find_every_version(
     assert seen[0] == 2 * 1500
     assert s.verify()["versions"] == 1500
     s.close()
+
+
+def test_the_put_of_a_value_writes_what_the_general_path_writes(
+    engine_name: str, tmp_path: Path
+) -> None:
+    """StateMachine.put_value (the embedded put: its own path for a new key in format 4)
+    leaves the same records and results as StateMachine.write (through _plan)."""
+
+    def machine(name: str) -> tuple[Engine, StateMachine]:
+        path = None if engine_name == "memory" else str(tmp_path / name)
+        engine = open_engine(engine_name, path)
+        return engine, StateMachine(engine, sync=False)
+
+    (fast_engine, fast), (slow_engine, slow) = machine("fast"), machine("slow")
+    texts = "text/plain; charset=utf-8"
+    writes = [  # (key, value, content type, author)
+        ("k", b"one", "application/octet-stream", ""),
+        ("k", b"two", "application/octet-stream", ""),  # replaces: the _plan path
+        ("ключ", b"", texts, "ada"),  # an empty value, another content type and author
+        ("doc", b'{"a":1}', "application/json", ""),
+        ("x" * 300, bytes(range(256)) * 5, "application/x-custom", "bob"),
+        ("k2", b"v", "application/octet-stream", "ada"),
+    ]
+    for i, (key, value, ctype, author) in enumerate(writes):
+        hlc = HLCTimestamp(1_763_800_000_000 + i // 2, i)
+        got = fast.put_value(key, key.encode(), value, ctype, hlc, "site", author)
+        want = slow.write(key, value, ctype, hlc, "site", author)
+        assert got == want
+    assert (fast.revision, fast.clock) == (slow.revision, slow.clock)
+    for name in (DEFAULT_KEYSPACE, KEYS_KEYSPACE):
+        assert list(fast_engine.keyspace(name).scan()) == list(slow_engine.keyspace(name).scan())
+    assert verify(fast) == verify(slow)
+    fast_engine.close()
+    slow_engine.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.binary(min_size=1, max_size=300),
+    value=st.binary(max_size=70_000) | st.binary(max_size=40),
+    ints=st.tuples(*[st.integers(0, 2**63)] * 4),
+    logicals=st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
+    ct=st.integers(0, 2**40) | st.text(max_size=300),
+    origin=st.text(max_size=300),
+    author=st.text(max_size=70_000) | st.text(max_size=10),
+)
+def test_the_c_records_of_a_new_key_are_the_python_ones(
+    key: bytes,
+    value: bytes,
+    ints: tuple[int, int, int, int],
+    logicals: tuple[int, int],
+    ct: int | str,
+    origin: str,
+    author: str,
+) -> None:
+    """Every msgpack length form (fix, 8, 16, 32 bits) of ints, strings and binaries."""
+    try:
+        from tidekv import _putrec
+    except ImportError:
+        import shutil
+        import sysconfig
+
+        headers = Path(sysconfig.get_paths()["include"], "Python.h").exists()
+        if shutil.which("cc") and headers:
+            raise AssertionError("a C compiler is here but the extension was not built") from None
+        pytest.skip("no C compiler: the pure Python records are used")
+    wall, revision, clock_wall, _ = ints
+    tail = id_tail(origin, False, "t", author)
+    args = (key, value, wall, logicals[0], tail, revision, ct, origin, author, clock_wall)
+    want = _py_new_key_records(*args, logicals[1])
+    assert _putrec.new_key_records(*args, logicals[1]) == want
+    assert statemachine._new_key_records is _putrec.new_key_records

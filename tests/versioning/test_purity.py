@@ -21,6 +21,7 @@ RULES = Rules(
     imports=frozenset(
         {
             "__future__",
+            "binascii",  # hexlify: bytes to hex bytes (pure)
             "collections.abc",
             "dataclasses",
             "datetime",  # only arithmetic on given times; datetime.now() is banned

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,12 +23,15 @@ from tidekv.versioning import (
     canonical_version_bytes,
     check_version_id,
     compute_version_id,
+    id_tail,
     is_version_id,
     make_version,
+    trusted_id_bytes,
     trusted_version_id,
     validate_json,
     value_digest,
 )
+from tidekv.versioning import version as version_module
 
 from .strategies import json_docs, texts, timestamps, values, version_ids
 
@@ -398,3 +402,82 @@ def test_trusted_version_id_equals_compute_version_id(
         assert got == want
     made = make_version(key, unique, value, hlc, origin, author=author, content_type=content_type)
     assert made.id == want
+
+
+@settings(max_examples=300)
+@given(
+    key=texts,
+    parents=st.lists(version_ids, max_size=4),
+    value=st.none() | st.binary(max_size=300),
+    hlc=timestamps,
+    origin=texts,
+    content_type=texts,
+    author=texts,
+)
+def test_trusted_id_bytes_equals_compute_version_id(
+    key: str,
+    parents: list[str],
+    value: bytes | None,
+    hlc: HLCTimestamp,
+    origin: str,
+    content_type: str,
+    author: str,
+) -> None:
+    """The raw id of the write path, in Python and (when built) in C, is the id."""
+    unique = tuple(sorted(set(parents)))
+    deleted = value is None
+    want = compute_version_id(
+        key,
+        unique,
+        "" if value is None else hashlib.sha256(value).hexdigest(),
+        hlc,
+        origin,
+        deleted=deleted,
+        content_type=content_type,
+        author=author,
+    )
+    tail = id_tail(origin, deleted, content_type, author)
+    args = (key.encode(), unique, value, hlc.wall, hlc.logical, tail)
+    assert version_module._py_id_bytes(*args).hex()[:40] == want
+    assert trusted_id_bytes(*args).hex() == want
+
+
+def _idhash() -> Any:
+    """The C extension; missing only where nothing could compile it."""
+    try:
+        from tidekv.versioning import _idhash
+    except ImportError:
+        import shutil
+        import sysconfig
+
+        headers = Path(sysconfig.get_paths()["include"], "Python.h").exists()
+        if shutil.which("cc") and headers:
+            raise AssertionError("a C compiler is here but the extension was not built") from None
+        pytest.skip("no C compiler: the pure Python version id is used")
+    return _idhash
+
+
+def test_the_c_id_is_the_one_in_use() -> None:
+    ext = _idhash()
+    assert trusted_id_bytes is ext.id_bytes
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_the_c_sha256_equals_hashlib(portable: bool) -> None:
+    """Every length across the block and padding boundaries, both compressors (the
+    x86 SHA extensions where the CPU has them, and plain C)."""
+    ext = _idhash()
+    data = bytes((i * 131 + 7) % 256 for i in range(1100))
+    for n in [*range(0, 260), 511, 512, 513, 1000, 1100]:
+        assert ext.sha256(data[:n], portable) == hashlib.sha256(data[:n]).digest(), n
+
+
+def test_the_c_id_refuses_what_python_would_not_hash() -> None:
+    ext = _idhash()
+    tail = id_tail("o", False, "t", "")
+    with pytest.raises(ValueError):
+        ext.id_bytes(b"k", ("not an id",), b"v", 1, 2, tail)
+    with pytest.raises(TypeError):
+        ext.id_bytes("k", (), b"v", 1, 2, tail)
+    with pytest.raises(OverflowError):
+        ext.id_bytes(b"k", (), b"v", 1, 1 << 16, tail)

@@ -280,6 +280,19 @@ class Engine(ABC):
         write = self.write_batch_multi
         return lambda ops, sync: write(ops, sync=sync)
 
+    def pair_writer(
+        self, first: Keyspace, second: Keyspace
+    ) -> Callable[[bytes, bytes, bytes, bytes, bool], None]:
+        """``writer(k1, v1, k2, v2, sync)``: one atomic batch of two puts, ``k1`` in
+        ``first``, then ``k2`` in ``second`` (the store's put of a new key; engines may
+        return a faster one)."""
+        write = self.batch_writer()
+
+        def pair(k1: bytes, v1: bytes, k2: bytes, v2: bytes, sync: bool) -> None:
+            write(((first, k1, v1), (second, k2, v2)), sync)
+
+        return pair
+
     def write_batch_multi(self, ops: Iterable[KsOp], *, sync: bool = False) -> None:
         """Apply operations on several keyspaces atomically (all or nothing)."""
         self.write_batch([(ks.raw_key(key), value) for ks, key, value in ops], sync=sync)

@@ -309,6 +309,32 @@ class LSMEngine(Engine):
 
         return write
 
+    def pair_writer(
+        self, first: Keyspace, second: Keyspace
+    ) -> Callable[[bytes, bytes, bytes, bytes, bool], None]:
+        """One ``WriteBatch`` of two puts with no list of ops to walk (the store's put
+        of a new key). The families' handles are read per call, never kept: a kept
+        handle would hold the database open after :meth:`close`."""
+        db, wb = self._db, WriteBatch
+        options = (self._wo_nosync, self._wo_sync)
+        fail = self._fail
+        a, b = cast(LSMKeyspace, first), cast(LSMKeyspace, second)
+
+        def pair(k1: bytes, v1: bytes, k2: bytes, v2: bytes, sync: bool) -> None:
+            batch = wb(True)  # raw mode (positional: cheaper than the keyword)
+            try:
+                batch.put(k1, v1, a.handle)
+                batch.put(k2, v2, b.handle)
+                db.write(batch, options[sync])
+            except TypeError:
+                if self._closed:  # a released family's handle is not a ColumnFamily
+                    raise StoreClosed("engine is closed", engine="lsm") from None
+                raise
+            except Exception as exc:
+                raise fail(exc, "write_batch") from exc
+
+        return pair
+
     @staticmethod
     def _options(opts: dict[str, Any], compression: str) -> Options:
         o = Options(raw_mode=True)

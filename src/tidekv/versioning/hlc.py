@@ -40,7 +40,6 @@ _STRUCT = struct.Struct(">QH")
 _TEXT = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _new = object.__new__
-_set = object.__setattr__
 
 
 class ClockOffsetTooLarge(InvalidInput):
@@ -69,8 +68,8 @@ class HLCTimestamp:
         """Build without the range checks, for fields read back from a record this
         package wrote (a hot path: every read returns a time stamp)."""
         ts = _new(cls)
-        _set(ts, "wall", wall)
-        _set(ts, "logical", logical)
+        _set_wall(ts, wall)
+        _set_logical(ts, logical)
         return ts
 
     def encode(self) -> bytes:
@@ -106,6 +105,10 @@ class HLCTimestamp:
         return f"{dt:%Y-%m-%dT%H:%M:%S}.{dt.microsecond // 1000:03d}Z"
 
 
+# the slots' own setters: a frozen dataclass refuses setattr, these do not (and cost
+# less than object.__setattr__); only for time stamps being built
+_set_wall = HLCTimestamp.__dict__["wall"].__set__
+_set_logical = HLCTimestamp.__dict__["logical"].__set__
 ZERO = HLCTimestamp(0, 0)
 
 
@@ -141,12 +144,17 @@ class HLC:
         if type(physical_ms) is not int or not 0 <= physical_ms <= MAX_WALL:
             _check_physical(physical_ms)
         last = self._last
-        if physical_ms > last.wall:  # in range: checked above
-            ts = HLCTimestamp.trusted(physical_ms, 0)
-        elif last.logical < MAX_LOGICAL:
-            ts = HLCTimestamp.trusted(last.wall, last.logical + 1)
+        wall = last.wall
+        if physical_ms > wall:  # in range: checked above
+            ts = _new(HLCTimestamp)
+            _set_wall(ts, physical_ms)
+            _set_logical(ts, 0)
+        elif (logical := last.logical) < MAX_LOGICAL:
+            ts = _new(HLCTimestamp)
+            _set_wall(ts, wall)
+            _set_logical(ts, logical + 1)
         else:
-            ts = _tick(last.wall, last.logical + 1)
+            ts = _tick(wall, logical + 1)
         self._last = ts
         return ts
 
