@@ -135,9 +135,9 @@ class NodeConfig:
     max_value_bytes: int = 1 << 20
     shards: int | None = None
     """The shard count, fixed when the cluster is created (None: as recorded in
-    ``node.json``, else :func:`default_shards`). 1 is the unsharded cluster: one data group whose Raft ids are
-    the node ids. More: a metadata group plus one data group per shard
-    (docs/sharding.md)."""
+    ``node.json``, else :func:`default_shards`). 1 is the unsharded cluster: one data
+    group whose Raft ids are the node ids. More: a metadata group plus one data group per
+    shard (docs/sharding.md)."""
     balance_leaders: bool = False
     """A sharded cluster's metadata leader transfers shard leaderships to spread them
     evenly (docs/sharding.md). Off by default until writes and reads ride out the short

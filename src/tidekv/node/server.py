@@ -35,13 +35,14 @@ import os
 import random
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from tidekv.errors import InvalidInput, TideError
 from tidekv.node.config import Identity, NodeConfig, Peer, load_or_create_identity
-from tidekv.node.logstore import NodeLog
+from tidekv.node.logstore import GroupStorage, NodeLog
 from tidekv.node.meta import (
     META_GROUP,
     MetaReplica,
@@ -49,12 +50,13 @@ from tidekv.node.meta import (
     initial_state,
     state_op,
 )
-from tidekv.node.replica import Replica
+from tidekv.node.replica import Replica, open_group_engine
 from tidekv.node.snapstream import SnapshotSink
 from tidekv.node.transport import PeerTransport
 from tidekv.raft import (
     NONE,
     Config,
+    ConfState,
     Entry,
     EntryKind,
     Message,
@@ -67,7 +69,7 @@ from tidekv.sharding.balancer import BalancerConfig, LeaderBalancer
 from tidekv.sharding.metadata import ClusterState
 from tidekv.sharding.replicas import node_of, replica_id
 from tidekv.sharding.ring import DEFAULT_REPLICATION
-from tidekv.storage import Op, open_engine
+from tidekv.storage import Engine, Op
 
 log = logging.getLogger("tidekv.node")
 
@@ -157,9 +159,8 @@ class Node:
         if self.identity.sharded:
             self._start_sharded()
         else:
-            self._open_group(DATA_GROUP, bootstrap=created)
-            for group in range(1, 1 + int(os.environ.get(EXTRA_GROUPS_ENV, "0") or 0)):
-                self._open_group(group, bootstrap=created)
+            extra = int(os.environ.get(EXTRA_GROUPS_ENV, "0") or 0)
+            self._open_groups([DATA_GROUP, *range(1, 1 + extra)], bootstrap=created)
         self._started = asyncio.get_running_loop().time()
         self._driver = asyncio.get_running_loop().create_task(self._drive())
         self._schedule_tick()
@@ -168,6 +169,11 @@ class Node:
         if self.identity.engine == "memory":
             return None
         return os.path.join(self.cfg.data_dir, "groups", str(group), "engine")
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        """The options of every group's engine on this node (:func:`group_engine_options`)."""
+        return group_engine_options(self.identity.engine, self.identity.shards)
 
     @property
     def sharded(self) -> bool:
@@ -194,7 +200,8 @@ class Node:
         )
         self.cluster = state
         if self.cfg.node_id in state.meta_voters:
-            meta = self._open_group(META_GROUP, bootstrap=True)
+            # the metadata group first: its state (not the creation's) places the shards
+            (meta,) = self._open_groups([META_GROUP], bootstrap=True)
             assert isinstance(meta, MetaReplica)
             self.meta = meta
             if meta.state.shards:
@@ -242,9 +249,12 @@ class Node:
         if st is None or self._closing:
             return
         me = self.cfg.node_id
-        for shard, ss in st.shard_map.items():
-            if shard not in self.replicas and (me in ss.voters or me in ss.learners):
-                self._open_group(shard, bootstrap=True)
+        new = [
+            shard
+            for shard, ss in st.shard_map.items()
+            if shard not in self.replicas and (me in ss.voters or me in ss.learners)
+        ]
+        self._open_groups(new, bootstrap=True)
         # closing replicas the metadata moved away needs the move executor (not built)
 
     def _on_meta_state(self, state: ClusterState) -> None:
@@ -302,12 +312,41 @@ class Node:
                 log.debug("shard %d: LeaderSeen not recorded yet: %s", rep.group, exc)
             await asyncio.sleep(0.25)
 
-    def _open_group(self, group: int, *, bootstrap: bool) -> Replica:
+    def _open_groups(self, groups: list[int], *, bootstrap: bool) -> list[Replica]:
+        """Open the replicas of ``groups``. Their engines are opened, and a new group's
+        initial state written into its engine, in up to :data:`OPEN_THREADS` worker
+        threads (RocksDB and LMDB release the GIL while they create and fsync files:
+        that is most of a 64-shard node's start). The log records of new groups are then
+        written here and made durable by one WAL sync for all of them."""
+        if not groups:
+            return []
+        plans = [self._plan(g, bootstrap=bootstrap) for g in groups]
+        if len(plans) == 1:
+            engines = [self._prepare_engine(plans[0])]
+        else:
+            with ThreadPoolExecutor(min(OPEN_THREADS, len(plans))) as pool:
+                futures = [pool.submit(self._prepare_engine, p) for p in plans]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                for f in futures:
+                    if f.exception() is None:
+                        f.result()[0].close()
+                raise errors[0]  # type: ignore[misc]
+            engines = [f.result() for f in futures]
+        for plan, (_, conf) in zip(plans, engines, strict=True):
+            if conf is not None:
+                Replica.bootstrap_log(plan.storage, conf)
+        if any(conf is not None for _, conf in engines):
+            self.log.sync()
+        return [
+            self._open_group(plan, engine) for plan, (engine, _) in zip(plans, engines, strict=True)
+        ]
+
+    def _plan(self, group: int, *, bootstrap: bool) -> _GroupPlan:
+        """What opening ``group`` takes: its Raft id, initial members, and whether its log
+        is empty and must be bootstrapped (on the loop's thread: reads the shared log)."""
         cfg = self.cfg
         storage = self.log.group(group)
-        path = self._engine_path(group)
-        if path is not None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
         raft_id = cfg.node_id
         voters: frozenset[int] | None = None
         extra: list[Op] | None = None
@@ -324,13 +363,34 @@ class Node:
             raft_id = replica_id(cfg.node_id)
             peers = {}
             voters = frozenset(replica_id(n) for n in self.cluster.shard_map[group].voters)
-        if bootstrap and (peers or voters) and storage.last_index() == 0:
-            eng = open_engine(self.identity.engine, path)
-            try:
-                Replica.bootstrap(storage, eng, peers, voters=voters, extra=extra)
-            finally:
-                eng.close()
-            self.log.sync()
+        new = bootstrap and bool(peers or voters) and storage.last_index() == 0
+        path = self._engine_path(group)
+        return _GroupPlan(group, storage, path, raft_id, peers, voters, extra, new)
+
+    def _prepare_engine(self, plan: _GroupPlan) -> tuple[Engine, ConfState | None]:
+        """In a worker thread: open the group's engine and, for a new group, write its
+        initial state (durable on return). Touches only the group's own directory."""
+        if plan.path is not None:
+            os.makedirs(os.path.dirname(plan.path), exist_ok=True)
+        eng = open_group_engine(self.identity.engine, plan.path, self.engine_options)
+        if not plan.bootstrap:
+            return eng, None
+        try:
+            conf = Replica.bootstrap_engine(
+                eng,
+                plan.peers,
+                voters=plan.voters,
+                extra=plan.extra,
+                origin=self.identity.cluster_id,
+            )
+        except BaseException:
+            eng.close()
+            raise
+        return eng, conf
+
+    def _open_group(self, plan: _GroupPlan, engine: Engine) -> Replica:
+        cfg = self.cfg
+        group, storage, path, raft_id = plan.group, plan.storage, plan.path, plan.raft_id
 
         def raft_config(applied: int) -> Config:
             return Config(
@@ -358,6 +418,8 @@ class Node:
             max_key_bytes=cfg.max_key_bytes,
             max_value_bytes=cfg.max_value_bytes,
             compact_every=cfg.compact_every,
+            engine=engine,
+            engine_options=self.engine_options,
         )
         rep: Replica
         if not self.sharded:
@@ -572,6 +634,53 @@ class Node:
             return self.replicas[group]
         except KeyError:
             raise InvalidInput(f"no shard {group} on this node") from None
+
+
+OPEN_THREADS = 8
+"""Worker threads that open a node's group engines at start (parallel fsyncs)."""
+
+
+def group_engine_options(engine: str, shards: int) -> dict[str, Any]:
+    """The options of each group's engine on a node of a cluster of ``shards`` shards.
+
+    An unsharded node's one engine keeps the engine's defaults. A sharded node hosts up to
+    ``shards + 1`` engines, so what the defaults size for one engine is split or shared
+    (measured in bench/shard_cost.py, docs/sharding.md "Choosing a shard count"):
+
+    * lsm: every engine shares the process's 64 MB block cache (always, in
+      :mod:`tidekv.storage.lsm`); memtables of ``max(4, 64 / shards)`` MB (each
+      memtable's bloom filter is allocated in full when it is created: 1.3 MB per column
+      family at 64 MB, 160 MB of RSS on an empty 64-shard node), all of them under one
+      256 MB limit (RocksDB's WriteBufferManager: the most an unsharded node's two
+      column families may hold); at most ``max(64, 4096 / shards)`` open table files
+      each.
+    * btree: a map of ``max(256 MB, 16 GB / shards)`` (address space; the engine doubles
+      it when it fills), so 4096 shards do not reserve 64 TB of address space.
+    """
+    if shards <= 1:
+        return {}
+    if engine == "lsm":
+        return {
+            "write_buffer_mb": max(4, 64 // shards),
+            "write_buffer_total_mb": 256,
+            "max_open_files": max(64, 4096 // shards),
+        }
+    if engine == "btree":
+        return {"map_size": max(256 << 20, (16 << 30) // shards)}
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class _GroupPlan:
+    group: int
+    storage: GroupStorage
+    path: str | None
+    raft_id: int
+    peers: dict[int, Peer]
+    voters: frozenset[int] | None
+    extra: list[Op] | None
+    bootstrap: bool
+    """The group's log is empty: write its initial state (engine, then log)."""
 
 
 def _ignore_peers(peers: dict[int, Peer]) -> None:
