@@ -99,6 +99,20 @@ async def run_embedded(path: str, address: str) -> int:
     return 0
 
 
+def _raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one (as Go programs such as etcd
+    do): a node of S shards holds S + 1 engines, each a few descriptors (a 64-shard lsm
+    node: about 480 when empty, and more table files as data grows), past the common
+    soft default of 1024."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def _install_uvloop() -> None:
     with contextlib.suppress(ImportError):
         import uvloop
@@ -203,6 +217,7 @@ def serve(
         )
         raise typer.Exit(2)
     _install_uvloop()
+    _raise_fd_limit()
     if embedded:
         err.print(
             f"tidekv: serving the embedded store in {data_dir} on http://{address} "

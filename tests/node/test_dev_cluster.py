@@ -54,7 +54,7 @@ class DevCluster:
         *,
         ignore_sigint: bool = False,
         nodes: int = 3,
-        shards: int = 1,
+        shards: int | None = None,
     ) -> None:
         self.out_path = cwd / f"dev-cluster-{run}.out"
         self.err_path = cwd / f"dev-cluster-{run}.err"
@@ -69,7 +69,7 @@ class DevCluster:
                     str(nodes),
                     "--base-port",
                     str(base),
-                    *(["--shards", str(shards)] if shards > 1 else []),
+                    *([] if shards is None else ["--shards", str(shards)]),
                 ],
                 cwd=cwd,
                 stdout=out,
