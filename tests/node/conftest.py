@@ -10,11 +10,8 @@ import pytest
 from .proc_cluster import ProcCluster
 
 
-@pytest.fixture
-def trio(tmp_path: Path) -> Iterator[ProcCluster]:
-    """Three ``tide serve`` processes on loopback, each serving (a leader needs only two
-    of them: a test must not race the third's start), all stopped at teardown."""
-    c = ProcCluster(tmp_path, 3)
+def _trio(tmp_path: Path, shards: int | None) -> Iterator[ProcCluster]:
+    c = ProcCluster(tmp_path, 3, shards=shards)
     c.start_all()
     try:
         for i in (1, 2, 3):
@@ -22,3 +19,19 @@ def trio(tmp_path: Path) -> Iterator[ProcCluster]:
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def trio(tmp_path: Path) -> Iterator[ProcCluster]:
+    """Three ``tide serve`` processes on loopback with the nodes' default shard count,
+    each serving (a leader needs only two of them: a test must not race the third's
+    start), all stopped at teardown."""
+    yield from _trio(tmp_path, None)
+
+
+@pytest.fixture
+def unsharded_trio(tmp_path: Path) -> Iterator[ProcCluster]:
+    """:func:`trio` with ``--shards 1``, for what only an unsharded cluster has: one data
+    group whose Raft ids are the node ids, membership by ``POST /v1/cluster/nodes``, its
+    ``/v1/cluster`` shape (one shard, the leader's progress, voter/leader states)."""
+    yield from _trio(tmp_path, 1)

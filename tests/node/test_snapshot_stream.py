@@ -37,7 +37,8 @@ SEED = 5
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path, 3, extra_args=("--compact-every", "20"))
+    # unsharded: every key in one group (groups/0), whose log the writes compact
+    c = ProcCluster(tmp_path, 3, extra_args=("--compact-every", "20"), shards=1)
     c.start_all()
     try:
         for i in (1, 2, 3):
