@@ -293,7 +293,7 @@ def test_four_nodes_stream_the_shards_they_lack_from_nodes_that_hold_them(
 
 @pytest.fixture
 def solo_unsharded(tmp_path: Path) -> Iterator[ProcCluster]:
-    c = ProcCluster(tmp_path, 1)
+    c = ProcCluster(tmp_path, 1, shards=1)
     c.start_all()
     try:
         c.wait_ready(1)
