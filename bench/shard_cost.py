@@ -27,38 +27,26 @@ times (not the memory, descriptors or disk).
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as a script, this folder is sys.path[0], where bench/http.py would shadow ``http``.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root
+
 import argparse
 import contextlib
-import importlib.util
-import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-# bench/http.py would shadow the standard library's http package (httpx needs it)
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import httpx
+from bench import cluster as cl
 
-
-def _load_cluster_bench() -> ModuleType:
-    """bench/cluster.py's process helpers (free ports, spawn, stop, /proc CPU)."""
-    path = Path(__file__).resolve().parent / "cluster.py"
-    spec = importlib.util.spec_from_file_location("tidekv_bench_cluster", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cl = _load_cluster_bench()
 HOST = "127.0.0.1"
 
 
