@@ -299,7 +299,7 @@ class TideCluster(Cluster):
                 "--raft-address", f"{HOST}:{raft[i]}",
                 "--peers", peers,
                 "--engine", self.engine,
-                *(["--shards", str(self.shards)] if self.shards > 1 else []),
+                "--shards", str(self.shards),
                 *self.extra,
             ]  # fmt: skip
             self.procs.append(spawn(cmd, self.root / f"n{i + 1}.log"))

@@ -30,7 +30,15 @@ import typer
 from tidekv.chaos.cli import chaos as chaos_command
 from tidekv.cli import app, err, out
 from tidekv.errors import InvalidInput, TideError
-from tidekv.node.config import DEFAULT_HTTP, NodeConfig, parse_peers, split_address
+from tidekv.node.config import (
+    DEFAULT_HTTP,
+    DEFAULT_SHARDS_ENV,
+    NODE_DEFAULT_SHARDS,
+    NodeConfig,
+    default_shards,
+    parse_peers,
+    split_address,
+)
 from tidekv.sharding.keys import MAX_SHARDS
 from tidekv.store import MARKER_FILE
 
@@ -93,6 +101,20 @@ async def run_embedded(path: str, address: str) -> int:
     return 0
 
 
+def _raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one (as Go programs such as etcd
+    do): a node of S shards holds S + 1 engines, each a few descriptors (a 64-shard lsm
+    node: about 480 when empty, and more table files as data grows), past the common
+    soft default of 1024."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def _install_uvloop() -> None:
     with contextlib.suppress(ImportError):
         import uvloop
@@ -137,9 +159,10 @@ def serve(
         int | None,
         typer.Option(
             "--shards",
-            help="Shards of a new cluster (fixed at creation; the same on every node). "
-            "1 (the default): one data group. More: keys spread over that many Raft "
-            "groups, placed on the nodes by a consistent-hash ring (3 replicas each).",
+            help="Shards of a new cluster (fixed at creation; the same on every node; "
+            f"default {NODE_DEFAULT_SHARDS}, or ${DEFAULT_SHARDS_ENV}). 1: one data group. "
+            "More: keys spread over that many Raft groups, placed on the nodes by a "
+            "consistent-hash ring (3 replicas each).",
         ),
     ] = None,
     ready_file: Annotated[str | None, typer.Option("--ready-file", hidden=True)] = None,
@@ -179,6 +202,7 @@ def serve(
             raise InvalidInput("--leader-wait must be between 0 and 3600 seconds")
         if shards is not None and not 1 <= shards <= MAX_SHARDS:
             raise InvalidInput(f"--shards must be between 1 and {MAX_SHARDS}")
+        default_shards()  # a bad $TIDEKV_DEFAULT_SHARDS is an error here, not a traceback
         cfg = NodeConfig(
             node_id=node_id,
             data_dir=data_dir,
@@ -213,6 +237,7 @@ def serve(
     _install_uvloop()
     with contextlib.suppress(AttributeError, ValueError, OSError):  # kill -USR1: stacks
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _raise_fd_limit()
     if embedded:
         err.print(
             f"tidekv: serving the embedded store in {data_dir} on http://{address} "
@@ -291,14 +316,18 @@ def dev_cluster(
     base_port: Annotated[int, typer.Option("--base-port", help="HTTP port of node 1.")] = 7070,
     engine: Annotated[str, typer.Option("--engine", "-e")] = "lsm",
     shards: Annotated[
-        int, typer.Option("--shards", help="Shards of a new cluster (1: one data group).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--shards",
+            help="Shards of a new cluster (1: one data group; default as tide serve's).",
+        ),
+    ] = None,
 ) -> None:
     """Run N local nodes on loopback until Ctrl-C (data survives a second start)."""
     if not 1 <= nodes <= 9:
         err.print("error: --nodes must be between 1 and 9", markup=False)
         raise typer.Exit(2)
-    if not 1 <= shards <= MAX_SHARDS:
+    if shards is not None and not 1 <= shards <= MAX_SHARDS:
         err.print(f"error: --shards must be between 1 and {MAX_SHARDS}", markup=False)
         raise typer.Exit(2)
     addrs = {i: f"127.0.0.1:{base_port + i - 1}" for i in range(1, nodes + 1)}
@@ -312,7 +341,7 @@ def dev_cluster(
     rc = 0
     try:
         for i, a in addrs.items():
-            extra = ["--shards", str(shards)] if shards > 1 else []
+            extra = [] if shards is None else ["--shards", str(shards)]
             cmd = serve_command(i, os.path.join(data_dir, f"n{i}"), a, peers, engine, *extra)
             procs.append(
                 subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent())

@@ -30,6 +30,9 @@ def test_help_renders(command: str) -> None:
         ["serve", "--engine", "papyrus"],
         ["serve", "--id", "1", "--peers", "2=127.0.0.1:1"],
         ["dev-cluster", "--nodes", "0"],
+        ["serve", "--shards", "0"],
+        ["serve", "--shards", "4097"],
+        ["dev-cluster", "--shards", "0"],
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args: list[str], tmp_path: object) -> None:

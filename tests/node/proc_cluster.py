@@ -39,7 +39,7 @@ class ProcCluster:
         engine: str = "lsm",
         tick_ms: int = 50,
         extra_args: tuple[str, ...] = (),
-        shards: int = 1,
+        shards: int | None = None,
     ) -> None:
         self.root = root
         self.extra_args = list(extra_args)
@@ -47,6 +47,7 @@ class ProcCluster:
         """Extra environment variables of node i's next start."""
         self.n = n
         self.shards = shards
+        """``--shards`` of every node (None: not given, the nodes' default)."""
         self.engine = engine
         self.tick_ms = tick_ms
         self.base = free_base_port(n + 2)
@@ -75,7 +76,7 @@ class ProcCluster:
         log = open(self.root / f"n{i}.log", "ab")  # noqa: SIM115 - owned by the process
         extra = ["--tick-ms", str(self.tick_ms), "-v", *self.extra_args]
         extra += ["--join"] if join else []
-        if self.shards > 1:
+        if self.shards is not None:
             extra += ["--shards", str(self.shards)]
         spec = peers or self.peers_spec()
         cmd = serve_command(i, str(self.data_dir(i)), self.address(i), spec, self.engine, *extra)

@@ -1,6 +1,8 @@
 """``tide status`` and ``tide cluster add|remove`` as subprocesses against a real 3-node
 cluster (``tide serve`` processes on loopback): what they print, through any node, with
-nodes down, and bad input (exit 2, one line, membership unchanged)."""
+nodes down, and bad input (exit 2, one line, membership unchanged). An unsharded cluster
+(``--shards 1``): its membership changes and its status shape (a sharded cluster's
+``tide status`` is in test_sharded_cluster.py)."""
 
 from __future__ import annotations
 
@@ -83,8 +85,8 @@ def replication_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_status_through_every_node_and_with_nodes_down(trio: ProcCluster) -> None:
-    c = trio
+def test_status_through_every_node_and_with_nodes_down(unsharded_trio: ProcCluster) -> None:
+    c = unsharded_trio
     leader = c.leader()
     write_keys(c, leader, "s/", 20)
     followers = [i for i in (1, 2, 3) if i != leader]
@@ -150,8 +152,8 @@ def test_status_through_every_node_and_with_nodes_down(trio: ProcCluster) -> Non
     assert f"node_id: {up}" in text
 
 
-def test_cluster_remove_and_add_with_the_cli(trio: ProcCluster) -> None:
-    c = trio
+def test_cluster_remove_and_add_with_the_cli(unsharded_trio: ProcCluster) -> None:
+    c = unsharded_trio
     leader = c.leader()
     write_keys(c, leader, "m/", 30)
     victim = next(i for i in (1, 2, 3) if i != leader)
@@ -242,5 +244,5 @@ def test_bad_cluster_commands_exit_2_with_one_line_and_change_nothing(
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcCluster]:
-    with running(tmp_path_factory.mktemp("shared"), 3) as c:
+    with running(tmp_path_factory.mktemp("shared"), 3, shards=1) as c:
         yield c

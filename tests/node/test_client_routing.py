@@ -1,4 +1,6 @@
-"""The client's shard map over a real 3-node cluster (``tide serve`` processes).
+"""The client's shard map over a real 3-node cluster (``tide serve`` processes). The
+leader tests run on an unsharded cluster (``--shards 1``: one leader for every key);
+routing on a sharded cluster is tested in test_sharded_cluster.py.
 
 Which node answered is read from each node's own ``/metrics`` (HTTP requests by route,
 method and status): a write the client sent to a follower is counted there, even though
@@ -35,7 +37,8 @@ def counts(c: ProcCluster, nodes: list[int]) -> dict[int, int]:
     return {i: puts_answered(c, i) for i in nodes}
 
 
-def test_writes_go_straight_to_the_leader(trio: ProcCluster) -> None:
+def test_writes_go_straight_to_the_leader(unsharded_trio: ProcCluster) -> None:
+    trio = unsharded_trio  # one leader for every key
     leader = trio.leader()
     followers = [i for i in (1, 2, 3) if i != leader]
     urls = [trio.url(i) for i in followers] + [trio.url(leader)]  # a follower first
@@ -56,7 +59,8 @@ def test_writes_go_straight_to_the_leader(trio: ProcCluster) -> None:
     assert puts_answered(trio, followers[0]) - after[followers[0]] == 5
 
 
-def test_async_client_routes_too(trio: ProcCluster) -> None:
+def test_async_client_routes_too(unsharded_trio: ProcCluster) -> None:
+    trio = unsharded_trio  # one leader for every key
     leader = trio.leader()
     followers = [i for i in (1, 2, 3) if i != leader]
     before = counts(trio, [1, 2, 3])
@@ -74,7 +78,10 @@ def test_async_client_routes_too(trio: ProcCluster) -> None:
     assert all(after[f] == before[f] for f in followers)
 
 
-def test_after_the_leader_is_killed_the_client_finds_the_new_one(trio: ProcCluster) -> None:
+def test_after_the_leader_is_killed_the_client_finds_the_new_one(
+    unsharded_trio: ProcCluster,
+) -> None:
+    trio = unsharded_trio  # one leader for every key
     old = trio.leader()
     with tidekv.Client(trio.urls) as db:
         for n in range(5):
@@ -100,7 +107,8 @@ def test_after_the_leader_is_killed_the_client_finds_the_new_one(trio: ProcClust
             assert db.get(f"after/{n}").json() == n
 
 
-def test_a_stale_map_is_corrected(trio: ProcCluster) -> None:
+def test_a_stale_map_is_corrected(unsharded_trio: ProcCluster) -> None:
+    trio = unsharded_trio  # one leader for every key
     leader = trio.leader()
     follower = next(i for i in (1, 2, 3) if i != leader)
     with tidekv.Client(trio.urls) as db:
@@ -120,7 +128,8 @@ def test_a_stale_map_is_corrected(trio: ProcCluster) -> None:
         assert all(after[i] == before[i] for i in (1, 2, 3) if i != leader)
 
 
-def test_a_map_pointing_at_a_dead_address_falls_back_and_heals(trio: ProcCluster) -> None:
+def test_a_map_pointing_at_a_dead_address_falls_back_and_heals(unsharded_trio: ProcCluster) -> None:
+    trio = unsharded_trio  # one leader for every key
     leader = trio.leader()
     dead = next(p for p in range(trio.base + 50, trio.base + 90) if port_free(p))
     with tidekv.Client(trio.urls) as db:

@@ -107,7 +107,9 @@ def test_a_node_down_during_writes_catches_up_when_it_returns(cluster: ProcClust
     wait_caught_up(cluster, follower, w.acked)
 
 
-def test_a_wiped_node_rejoins_through_a_snapshot(cluster: ProcCluster) -> None:
+def test_a_wiped_node_rejoins_through_a_snapshot(unsharded_trio: ProcCluster) -> None:
+    # by a membership change (remove, then add with a new id): an unsharded cluster's
+    cluster = unsharded_trio
     leader = cluster.leader()
     old = next(i for i in (1, 2, 3) if i != leader)
     w = Writer(cluster)

@@ -54,7 +54,7 @@ class DevCluster:
         *,
         ignore_sigint: bool = False,
         nodes: int = 3,
-        shards: int = 1,
+        shards: int | None = None,
     ) -> None:
         self.out_path = cwd / f"dev-cluster-{run}.out"
         self.err_path = cwd / f"dev-cluster-{run}.err"
@@ -69,7 +69,7 @@ class DevCluster:
                     str(nodes),
                     "--base-port",
                     str(base),
-                    *(["--shards", str(shards)] if shards > 1 else []),
+                    *([] if shards is None else ["--shards", str(shards)]),
                 ],
                 cwd=cwd,
                 stdout=out,
@@ -136,6 +136,19 @@ def stop_and_check(dc: DevCluster, children: list[int], how: str) -> None:
     assert [pid for pid in children if Path(f"/proc/{pid}").exists()] == []
 
 
+def assert_leaders_line(out: str, url: str, dc: DevCluster) -> None:
+    """The line naming the leader(s), in the form of the cluster's shard count (the
+    nodes' default): ``leader: node N``, or ``S shards; node 1 leads A, ...``."""
+    shards = httpx.get(url + "/v1/cluster", timeout=10.0).json().get("shard_count", 1)
+    if shards == 1:
+        m = re.search(r"^leader: node (\d+); Ctrl-C stops", out, re.M)
+        assert m and 1 <= int(m.group(1)) <= 3, dc.diagnostics()
+        return
+    m = re.search(rf"^{shards} shards; ((?:node \d leads \d+(?:, )?)+); Ctrl-C stops", out, re.M)
+    assert m, dc.diagnostics()
+    assert sum(int(n) for n in re.findall(r"leads (\d+)", m.group(1))) == shards, out
+
+
 def test_dev_cluster_serves_stops_on_ctrl_c_and_keeps_its_data(
     tmp_path: Path, runs: list[DevCluster]
 ) -> None:
@@ -147,8 +160,7 @@ def test_dev_cluster_serves_stops_on_ctrl_c_and_keeps_its_data(
     out = dc.output()
     for i, u in enumerate(urls, 1):
         assert f"node {i}: {u}" in out
-    m = re.search(r"^leader: node (\d+)", out, re.M)
-    assert m and 1 <= int(m.group(1)) <= 3, dc.diagnostics()
+    assert_leaders_line(out, urls[0], dc)
     children = children_of(dc.proc.pid)
     assert len(children) == 3, (children, dc.diagnostics())
 

@@ -2,10 +2,12 @@
 when the node leading quiesced groups is SIGKILLed, the node-level liveness signal wakes
 their followers, which elect new leaders and serve writes.
 
-The extra groups (1..N) are opened by the hidden TIDEKV_IDLE_GROUPS_FOR_BENCH option
-with the same three members; only group 0 is reachable through the key API, so writes
-are checked on it and, for the others, that the new leader commits (its no-op moves the
-commit index past where the dead leader left it). No wall-clock threshold.
+Two clusters: an unsharded one (``--shards 1``) whose extra groups (1..N) are opened by
+the hidden TIDEKV_IDLE_GROUPS_FOR_BENCH option with the same three members (only group
+0 is reachable through the key API), and a sharded one (8 shards and the metadata
+group). Writes are checked after the kill, and for every group the dead node led, that
+the new leader commits (its no-op moves the commit index past where the dead leader left
+it). No wall-clock threshold.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .proc_cluster import DEADLINE, ProcCluster, running
 pytestmark = pytest.mark.timeout(240)
 
 EXTRA = 5
-GROUPS = 1 + EXTRA
+SHARDS = 8
 
 
 def shard_samples(c: ProcCluster, i: int, name: str) -> dict[int, float]:
@@ -59,27 +61,34 @@ def wait_for(what: str, cond: object, c: ProcCluster, timeout: float = DEADLINE)
     raise AssertionError(f"{what} not within {timeout} s\n{c.logs()}")
 
 
-@pytest.fixture
-def groups_trio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ProcCluster]:
-    monkeypatch.setenv("TIDEKV_IDLE_GROUPS_FOR_BENCH", str(EXTRA))
+@pytest.fixture(params=["unsharded", "sharded"])
+def groups_trio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[tuple[ProcCluster, int]]:
+    """The cluster and how many groups each node hosts."""
     monkeypatch.delenv("TIDEKV_QUIESCE", raising=False)
-    with running(tmp_path, 3) as c:
-        yield c
+    if request.param == "unsharded":
+        monkeypatch.setenv("TIDEKV_IDLE_GROUPS_FOR_BENCH", str(EXTRA))
+        shards, groups = 1, 1 + EXTRA
+    else:  # every node holds every shard (rf 3) and is a metadata voter
+        shards, groups = SHARDS, SHARDS + 1
+    with running(tmp_path, 3, shards=shards) as c:
+        yield c, groups
 
 
 def test_idle_groups_quiesce_and_survive_the_death_of_their_leaders_node(
-    groups_trio: ProcCluster,
+    groups_trio: tuple[ProcCluster, int],
 ) -> None:
-    c = groups_trio
+    c, groups = groups_trio
     nodes = [1, 2, 3]
     wait_for(
         "every group led",
-        lambda: len(leaders(c, nodes)) == GROUPS,
+        lambda: len(leaders(c, nodes)) == groups,
         c,
     )
     wait_for(
         "every replica quiesced",
-        lambda: all(c.metric(i, "tidekv_groups_quiesced") == GROUPS for i in nodes),
+        lambda: all(c.metric(i, "tidekv_groups_quiesced") == groups for i in nodes),
         c,
     )
     # quiet means quiet: no term moves while nothing happens (sampled, not timed)
@@ -88,7 +97,7 @@ def test_idle_groups_quiesce_and_survive_the_death_of_their_leaders_node(
     assert {i: shard_samples(c, i, "tidekv_raft_term") for i in nodes} == terms
 
     led = leaders(c, nodes)
-    victim = led[0]  # the leader of the data group: writes must move elsewhere
+    victim = led[0]  # the leader of (data) group 0: writes must move elsewhere
     victim_groups = sorted(g for g, n in led.items() if n == victim)
     others = [i for i in nodes if i != victim]
     commits = {g: max(shard_samples(c, i, "tidekv_raft_commit_index")[g] for i in others)

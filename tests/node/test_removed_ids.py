@@ -2,7 +2,8 @@
 replicated membership and can never be added again (409 over HTTP, exit 1 from
 ``tide cluster add``, membership unchanged), through restarts; a removed node that
 comes back on its old data campaigns in vain: its messages are dropped, it gets no
-votes and never leads."""
+votes and never leads. Membership by ``POST``/``DELETE /v1/cluster/nodes``: an unsharded
+cluster (``--shards 1``)."""
 
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ def removed_drops(c: ProcCluster, i: int) -> float:
     return c.metric(i, "tidekv_messages_from_removed_total") or 0.0
 
 
-def test_a_removed_id_cannot_be_added_again_even_after_restarts(trio: ProcCluster) -> None:
-    c = trio
+def test_a_removed_id_cannot_be_added_again_even_after_restarts(
+    unsharded_trio: ProcCluster,
+) -> None:
+    c = unsharded_trio
     leader = c.leader()
     write_keys(c, leader, "a/", 10)
     victim = next(i for i in (1, 2, 3) if i != leader)
@@ -88,9 +91,9 @@ def test_a_removed_id_cannot_be_added_again_even_after_restarts(trio: ProcCluste
 
 
 def test_a_removed_node_back_on_its_old_data_does_not_disturb_the_cluster(
-    trio: ProcCluster,
+    unsharded_trio: ProcCluster,
 ) -> None:
-    c = trio
+    c = unsharded_trio
     leader = c.leader()
     write_keys(c, leader, "a/", 10)
     victim = next(i for i in (1, 2, 3) if i != leader)

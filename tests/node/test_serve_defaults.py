@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tidekv.sharding.keys import shard_of
 
 from .proc_cluster import free_base_port, port_free
 
@@ -38,7 +41,13 @@ def tide(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 class Serve:
     """One ``tide serve`` process, SIGINTed (and if need be killed) at teardown."""
 
-    def __init__(self, cwd: Path, *args: str) -> None:
+    def __init__(
+        self,
+        cwd: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.err_path = cwd / f"serve-{time.monotonic_ns()}.err"
         with open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
@@ -47,7 +56,8 @@ class Serve:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "TIDE_DATA_DIR": ""},
+                env={**os.environ, "TIDE_DATA_DIR": "", **(env or {})},
+                preexec_fn=preexec_fn,
             )
 
     def stderr(self) -> str:
@@ -142,3 +152,75 @@ def test_serve_serves_the_embedded_store_the_cli_made(tmp_path: Path, serves: li
     assert r.returncode == 2
     assert r.stderr.startswith("error: ./tide-data holds an embedded store")
     assert r.stderr.count("\n") == 1
+
+
+def test_the_default_shard_count_comes_from_the_environment(
+    tmp_path: Path, serves: list[Serve]
+) -> None:
+    """TIDEKV_DEFAULT_SHARDS (how the suite runs with the default flipped): one node,
+    no --shards, 64 shards on it (65 groups), writes on every shard; the count is then
+    the cluster's, whatever the environment says at the next start."""
+    port = free_base_port(1)
+    url = f"http://127.0.0.1:{port}"
+    args = ("--address", f"127.0.0.1:{port}", "--data-dir", "n1")
+    srv = Serve(tmp_path, *args, env={"TIDEKV_DEFAULT_SHARDS": "64"})
+    serves.append(srv)
+    srv.wait_ready(url)
+    info = httpx.get(url + "/v1/cluster").json()
+    assert info["shard_count"] == 64 and len(info["shards"]) == 64
+    assert {sh["leader"] for sh in info["shards"]} == {1}
+    keys = [f"k{i}" for i in range(400)]  # at least one on every shard
+    assert {shard_of(k, 64) for k in keys} == set(range(64))
+    shards = set()
+    with httpx.Client(timeout=10.0) as http:
+        for k in keys:
+            r = http.put(f"{url}/v1/kv/{k}", content=k.encode())
+            assert r.status_code == 200, r.text
+            shards.add(r.json()["shard"])
+        assert shards == set(range(64))
+        listed = http.get(url + "/v1/kv", params={"prefix": "k", "limit": 1000}).json()
+        assert sorted(it["key"] for it in listed["items"]) == sorted(keys)
+    assert srv.interrupt() == 0, srv.stderr()
+    srv2 = Serve(tmp_path, *args, env={"TIDEKV_DEFAULT_SHARDS": "1"})
+    serves.append(srv2)
+    srv2.wait_ready(url)
+    assert httpx.get(url + "/v1/cluster").json()["shard_count"] == 64
+    assert httpx.get(url + "/v1/kv/k7").content == b"k7"
+    assert srv2.interrupt() == 0, srv2.stderr()
+
+
+@pytest.mark.parametrize("bad", ["0", "4097", "many"])
+def test_a_bad_default_shard_count_is_bad_input(tmp_path: Path, bad: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "tidekv", "serve", "--address", f"127.0.0.1:{free_base_port(1)}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "TIDE_DATA_DIR": "", "TIDEKV_DEFAULT_SHARDS": bad},
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"error: TIDEKV_DEFAULT_SHARDS={bad!r}")
+    assert r.stderr.count("\n") == 1
+    assert not (tmp_path / "tide-data").exists()
+
+
+def test_serve_raises_its_soft_open_files_limit(tmp_path: Path, serves: list[Serve]) -> None:
+    """A node of S shards holds S + 1 engines, each a few descriptors: tide serve lifts
+    the soft limit (1024 on many systems; 256 here) to the hard one."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+
+    port = free_base_port(1)
+    url = f"http://127.0.0.1:{port}"
+    srv = Serve(tmp_path, "--address", f"127.0.0.1:{port}", "--shards", "4", preexec_fn=lower)
+    serves.append(srv)
+    srv.wait_ready(url)
+    limits = Path(f"/proc/{srv.proc.pid}/limits").read_text()
+    soft = next(line.split()[3] for line in limits.splitlines() if line.startswith("Max open"))
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    assert int(soft) == want, limits
+    assert srv.interrupt() == 0, srv.stderr()

@@ -287,7 +287,7 @@ def test_four_nodes_stream_the_shards_they_lack_from_nodes_that_hold_them(
 
 @pytest.fixture
 def solo_unsharded(tmp_path: Path) -> Iterator[ProcCluster]:
-    with running(tmp_path, 1) as c:
+    with running(tmp_path, 1, shards=1) as c:
         yield c
 
 

@@ -37,7 +37,8 @@ SEED = 5
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ProcCluster]:
-    with running(tmp_path, 3, extra_args=("--compact-every", "20")) as c:
+    # unsharded: every key in one group (groups/0), whose log the writes compact
+    with running(tmp_path, 3, extra_args=("--compact-every", "20"), shards=1) as c:
         yield c
 
 

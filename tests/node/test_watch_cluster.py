@@ -1,6 +1,9 @@
 """The change feed (SSE ``GET /v1/watch``, ``Client.watch``, ``tide watch``) on a real
 3-node cluster: served by a follower, resumed on another node after the one serving the
-stream is SIGKILLed, every change exactly once and in per-key order."""
+stream is SIGKILLed, every change exactly once and in per-key order. An unsharded cluster
+(``--shards 1``): these check one group's revisions, 1, 2, ... as the cursor; the feed
+across shards (``w1.`` cursors, resumed on another node, a SIGKILLed streaming node) is
+tested in test_sharded_watch.py."""
 
 from __future__ import annotations
 
@@ -62,8 +65,10 @@ def check_exactly_once_in_order(events: list[Event], acked: list[Any]) -> None:
     assert [(e.key, e.version, e.value) for e in events] == acked
 
 
-def test_sse_through_a_follower_and_resume_by_cursor_on_another_node(trio: ProcCluster) -> None:
-    c = trio
+def test_sse_through_a_follower_and_resume_by_cursor_on_another_node(
+    unsharded_trio: ProcCluster,
+) -> None:
+    c = unsharded_trio
     leader, f1, f2, w = started(c, 12)
     with httpx.Client(timeout=httpx.Timeout(10.0, read=60.0)) as http:
         with http.stream("GET", c.url(f1) + "/v1/watch", params={"since": "0"}) as resp:
@@ -96,10 +101,12 @@ def test_sse_through_a_follower_and_resume_by_cursor_on_another_node(trio: ProcC
 
 
 @pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
-def test_client_watch_resumes_after_the_serving_node_is_lost(trio: ProcCluster, fault: str) -> None:
+def test_client_watch_resumes_after_the_serving_node_is_lost(
+    unsharded_trio: ProcCluster, fault: str
+) -> None:
     """SIGKILL ends the stream at once; a paused node (SIGSTOP) keeps the connection
     open, silent, until the client's read timeout gives up on it."""
-    c = trio
+    c = unsharded_trio
     leader, f1, f2, w = started(c, 20)
     total = 60
     events: list[Event] = []
@@ -132,8 +139,10 @@ def test_client_watch_resumes_after_the_serving_node_is_lost(trio: ProcCluster, 
     check_exactly_once_in_order(events, w.acked)
 
 
-def test_async_client_watch_resumes_after_the_serving_node_is_killed(trio: ProcCluster) -> None:
-    c = trio
+def test_async_client_watch_resumes_after_the_serving_node_is_killed(
+    unsharded_trio: ProcCluster,
+) -> None:
+    c = unsharded_trio
     leader, f1, f2, w = started(c, 20)
     total = 60
 
@@ -170,8 +179,10 @@ def test_async_client_watch_resumes_after_the_serving_node_is_killed(trio: ProcC
     check_exactly_once_in_order(asyncio.run(run()), w.acked)
 
 
-def test_tide_watch_survives_the_loss_of_its_node(trio: ProcCluster, tmp_path: Path) -> None:
-    c = trio
+def test_tide_watch_survives_the_loss_of_its_node(
+    unsharded_trio: ProcCluster, tmp_path: Path
+) -> None:
+    c = unsharded_trio
     leader, f1, f2, w = started(c, 10)
     total = 30
     out_path = tmp_path / "watch.out"

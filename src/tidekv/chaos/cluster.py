@@ -116,6 +116,10 @@ class Cluster:
             self.engine,
             "--tick-ms",
             str(self.tick_ms),
+            # the leader nemeses (kill-, pause-, partition-leader) aim at the one data
+            # group's leader: an unsharded cluster, whatever the default
+            "--shards",
+            "1",
             "-v",
         ]
         env = {**os.environ}

@@ -20,10 +20,28 @@ from dataclasses import dataclass, field
 from typing import TypeGuard
 
 from tidekv.errors import InvalidInput
+from tidekv.sharding.keys import check_shards
 
 NODE_FILE = "node.json"
 DEFAULT_HTTP = "127.0.0.1:7070"
 RAFT_PORT_OFFSET = 100
+
+NODE_DEFAULT_SHARDS = 1
+"""The shard count of a new cluster when ``--shards`` is not given. The issue's default is
+64 (:data:`tidekv.sharding.keys.DEFAULT_SHARDS`); it flips here, one line, once nodes can
+join a sharded cluster. ``TIDEKV_DEFAULT_SHARDS`` overrides it (tests, trying it out)."""
+DEFAULT_SHARDS_ENV = "TIDEKV_DEFAULT_SHARDS"
+
+
+def default_shards() -> int:
+    """The shard count of a new cluster created without ``--shards``."""
+    raw = os.environ.get(DEFAULT_SHARDS_ENV, "").strip()
+    if not raw:
+        return NODE_DEFAULT_SHARDS
+    try:
+        return check_shards(int(raw))
+    except ValueError as exc:
+        raise InvalidInput(f"{DEFAULT_SHARDS_ENV}={raw!r}: {exc}") from None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -117,9 +135,9 @@ class NodeConfig:
     max_value_bytes: int = 1 << 20
     shards: int | None = None
     """The shard count, fixed when the cluster is created (None: as recorded in
-    ``node.json``, else 1). 1 is the unsharded cluster: one data group whose Raft ids are
-    the node ids. More: a metadata group plus one data group per shard
-    (docs/sharding.md)."""
+    ``node.json``, else :func:`default_shards`). 1 is the unsharded cluster: one data
+    group whose Raft ids are the node ids. More: a metadata group plus one data group per
+    shard (docs/sharding.md)."""
     balance_leaders: bool = True
     """A sharded cluster's metadata leader transfers shard leaderships to spread them
     evenly (docs/sharding.md); requests ride out the short leaderless window of a
@@ -211,7 +229,8 @@ def load_or_create_identity(cfg: NodeConfig) -> tuple[Identity, bool]:
             f"{cfg.data_dir} holds an embedded store (tide put --path); "
             "give the node its own --data-dir"
         )
-    shards = cfg.shards or 1
+    # a joining node takes the cluster's count: today only an unsharded cluster can grow
+    shards = cfg.shards or (1 if cfg.join else default_shards())
     initial: tuple[Peer, ...] = ()
     if shards > 1:
         if cfg.join:  # Node.start asked a member first (node/join.py), which writes it

@@ -125,6 +125,14 @@ election timeouts: the request or its answer was lost; a leader change is notice
 once)."""
 
 
+def open_group_engine(name: str, path: str | None, options: dict[str, Any]) -> Engine:
+    """Open a group's engine, first finishing or undoing a snapshot swap that a crash
+    interrupted (:func:`~tidekv.node.snapstream.recover_engine_dir`). Safe in a worker
+    thread: it touches only the group's own directory."""
+    recover_engine_dir(path)
+    return open_engine(name, path, **options)
+
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -164,6 +172,8 @@ class Replica:
         on_removed: Callable[[Replica], None] | None = None,
         leader_wait: float = LEADER_WAIT,
         read_retry: float = READ_RETRY,
+        engine: Engine | None = None,
+        engine_options: dict[str, Any] | None = None,
     ) -> None:
         self.group = group
         self.leader_wait = leader_wait
@@ -180,6 +190,7 @@ class Replica:
         self.storage = storage
         self._engine_name = engine_name
         self._engine_path = engine_path
+        self._engine_options = dict(engine_options or {})
         self._origin = origin
         self._wake = wake
         self._on_peers_changed = on_peers_changed
@@ -188,8 +199,11 @@ class Replica:
         self.compact_every = compact_every
         self._incoming: SnapshotSink | None = None  # the snapshot stream being received
         self._staged_mem: dict[bytes, Engine] = {}  # staged snapshots without a directory
-        recover_engine_dir(engine_path)  # a crash while a snapshot was swapped in
-        self.engine: Engine = open_engine(engine_name, engine_path)
+        self.engine: Engine = (
+            engine
+            if engine is not None  # opened by the caller with open_group_engine
+            else open_group_engine(engine_name, engine_path, self._engine_options)
+        )
         self.store = self._open_store(self.engine)
         self._repair_after_crash()
         self.peers: dict[int, Peer] = load_peers(self.engine)
@@ -291,14 +305,36 @@ class Replica:
         """Write the initial membership as a snapshot at (index 1, term 1), as etcd does:
         a node added later receives it by snapshot and learns the whole membership.
         ``voters``: the Raft ids when they are not the peers' node ids (replica ids);
-        ``extra``: more records of the initial state (the metadata group's state)."""
+        ``extra``: more records of the initial state (the metadata group's state).
+        The log's record is durable after the caller's next ``NodeLog.sync``."""
+        conf = Replica.bootstrap_engine(engine, peers, voters=voters, extra=extra)
+        Replica.bootstrap_log(storage, conf)
+
+    @staticmethod
+    def bootstrap_engine(
+        engine: Engine,
+        peers: dict[int, Peer],
+        *,
+        voters: frozenset[int] | None = None,
+        extra: list[Op] | None = None,
+        origin: str | None = None,
+    ) -> ConfState:
+        """The engine's half of :meth:`bootstrap`, durable on return (it touches only
+        ``engine``: groups are bootstrapped in parallel threads). Returns the membership
+        for :meth:`bootstrap_log`, which must follow on the loop's thread. ``origin``:
+        the replica's (the cluster id), written now rather than replaced at its open."""
         conf = ConfState(voters=frozenset(peers) if voters is None else voters)
         ops: list[Op] = [peer_put(p) for p in peers.values()]
         ops.extend(extra or ())
         ops.append(snapshot_meta_op(1, 1, conf))
-        store = Store(engine, sync=False)
+        store = Store(engine, origin=origin, sync=False)
         store.sm.mark_applied(1, ops)
         engine.sync()
+        return conf
+
+    @staticmethod
+    def bootstrap_log(storage: GroupStorage, conf: ConfState) -> None:
+        """The log's half of :meth:`bootstrap`: the initial snapshot's record."""
         storage.apply_snapshot(Snapshot(meta=SnapshotMeta(index=1, term=1, conf=conf)))
 
     closed = False
@@ -851,7 +887,9 @@ class Replica:
             self.store.close()
             install_staged(self._engine_name, self._engine_path, sid)
             staged = self._staged_mem.pop(sid, None)
-            self.engine = staged or open_engine(self._engine_name, self._engine_path)
+            self.engine = staged or open_engine(
+                self._engine_name, self._engine_path, **self._engine_options
+            )
         self.store = self._open_store(self.engine)
         self._hlc = HLC(max(self.store.sm.clock, self._hlc.last))
         self.storage.apply_snapshot(Snapshot(meta=snap.meta))

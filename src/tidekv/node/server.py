@@ -49,6 +49,7 @@ import random
 import shutil
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -61,7 +62,7 @@ from tidekv.node.config import (
     default_raft_address,
     load_or_create_identity,
 )
-from tidekv.node.logstore import NodeLog
+from tidekv.node.logstore import GroupStorage, NodeLog
 from tidekv.node.meta import (
     META_GROUP,
     MetaReplica,
@@ -75,12 +76,13 @@ from tidekv.node.registry import (
     load_pushed_state,
     save_pushed_state,
 )
-from tidekv.node.replica import Replica
+from tidekv.node.replica import Replica, open_group_engine
 from tidekv.node.snapstream import SnapshotSink
 from tidekv.node.transport import PeerTransport
 from tidekv.raft import (
     NONE,
     Config,
+    ConfState,
     Entry,
     EntryKind,
     Message,
@@ -93,7 +95,7 @@ from tidekv.sharding.balancer import BalancerConfig, LeaderBalancer
 from tidekv.sharding.metadata import ClusterState
 from tidekv.sharding.replicas import incarnation_of, node_of, replica_id
 from tidekv.sharding.ring import DEFAULT_REPLICATION
-from tidekv.storage import Op, open_engine
+from tidekv.storage import Engine, Op
 
 log = logging.getLogger("tidekv.node")
 
@@ -213,9 +215,8 @@ class Node:
         if self.identity.sharded:
             self._start_sharded()
         else:
-            self._open_group(DATA_GROUP, bootstrap=created)
-            for group in range(1, 1 + int(os.environ.get(EXTRA_GROUPS_ENV, "0") or 0)):
-                self._open_group(group, bootstrap=created)
+            extra = int(os.environ.get(EXTRA_GROUPS_ENV, "0") or 0)
+            self._open_groups([DATA_GROUP, *range(1, 1 + extra)], bootstrap=created)
         self._started = asyncio.get_running_loop().time()
         self._driver = asyncio.get_running_loop().create_task(self._drive())
         self._schedule_tick()
@@ -224,6 +225,11 @@ class Node:
         if self.identity.engine == "memory":
             return None
         return os.path.join(self.cfg.data_dir, "groups", str(group), "engine")
+
+    @property
+    def engine_options(self) -> dict[str, Any]:
+        """The options of every group's engine on this node (:func:`group_engine_options`)."""
+        return group_engine_options(self.identity.engine, self.identity.shards)
 
     @property
     def sharded(self) -> bool:
@@ -271,7 +277,8 @@ class Node:
                 self._wipe_group(group)
         if META_GROUP in reg.live:
             # a creation voter bootstraps it; one added later waits for a snapshot
-            meta = self._open_group(META_GROUP, bootstrap=me in creation.meta_voters)
+            # the metadata group first: its state (not the creation's) places the shards
+            (meta,) = self._open_groups([META_GROUP], bootstrap=me in creation.meta_voters)
             assert isinstance(meta, MetaReplica)
             self.meta = meta
             if me in meta.removed:  # it applied its own removal, then the node stopped
@@ -279,12 +286,16 @@ class Node:
             if meta.state.shards and meta.state.revision >= self.cluster.revision:
                 self.cluster = meta.state
         self._sync_members(self.cluster)
-        for shard, rid in sorted(reg.live.items()):
-            if shard == META_GROUP:
-                continue
-            rep = self._open_group(shard, bootstrap=incarnation_of(rid) == 0, raft_id=rid)
+        live = {s: r for s, r in sorted(reg.live.items()) if s != META_GROUP}
+        opened = self._open_groups(
+            list(live),
+            bootstrap={s for s, r in live.items() if incarnation_of(r) == 0},
+            raft_ids=live,
+        )
+        for rep in opened:
+            rid = live[rep.group]
             if rid in rep.removed:  # it applied its own removal, then the node stopped
-                self.retire_replica(shard, rid, "removed before the restart")
+                self.retire_replica(rep.group, rid, "removed before the restart")
         self._spawn(self.mover.run())
         if self.cfg.balance_leaders:
             self._spawn(self._balance_leaders())
@@ -406,11 +417,61 @@ class Node:
         """Open (bootstrap first, if asked and the log is empty) the replica of
         ``group``. ``raft_id``: a sharded data group's replica id (default: incarnation
         0, the creation placement's)."""
+        ids = None if raft_id is None else {group: raft_id}
+        return self._open_groups([group], bootstrap=bootstrap, raft_ids=ids)[0]
+
+    def _open_groups(
+        self,
+        groups: list[int],
+        *,
+        bootstrap: bool | set[int],
+        raft_ids: dict[int, int] | None = None,
+    ) -> list[Replica]:
+        """Open the replicas of ``groups`` (``bootstrap``: for all, or the groups in the
+        set; ``raft_ids``: replica ids of sharded data groups, see :meth:`_open_group`).
+        Their engines are opened, and a new group's initial state written into its
+        engine, in up to :data:`OPEN_THREADS` worker threads (RocksDB and LMDB release the
+        GIL while they create and fsync files: that is most of a 64-shard node's start).
+        The log records of new groups are then written here and made durable by one WAL
+        sync for all of them."""
+        if not groups:
+            return []
+        ids = raft_ids or {}
+        plans = [
+            self._plan(
+                g,
+                bootstrap=bootstrap if isinstance(bootstrap, bool) else g in bootstrap,
+                raft_id=ids.get(g),
+            )
+            for g in groups
+        ]
+        if len(plans) == 1:
+            engines = [self._prepare_engine(plans[0])]
+        else:
+            with ThreadPoolExecutor(min(OPEN_THREADS, len(plans))) as pool:
+                futures = [pool.submit(self._prepare_engine, p) for p in plans]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+            if errors:
+                for f in futures:
+                    if f.exception() is None:
+                        f.result()[0].close()
+                raise errors[0]  # type: ignore[misc]
+            engines = [f.result() for f in futures]
+        for plan, (_, conf) in zip(plans, engines, strict=True):
+            if conf is not None:
+                Replica.bootstrap_log(plan.storage, conf)
+        if any(conf is not None for _, conf in engines):
+            self.log.sync()
+        return [
+            self._make_replica(plan, engine)
+            for plan, (engine, _) in zip(plans, engines, strict=True)
+        ]
+
+    def _plan(self, group: int, *, bootstrap: bool, raft_id: int | None) -> _GroupPlan:
+        """What opening ``group`` takes: its Raft id, initial members, and whether its log
+        is empty and must be bootstrapped (on the loop's thread: reads the shared log)."""
         cfg = self.cfg
         storage = self.log.group(group)
-        path = self._engine_path(group)
-        if path is not None:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
         voters: frozenset[int] | None = None
         extra: list[Op] | None = None
         if not self.sharded:
@@ -429,13 +490,34 @@ class Node:
             peers = {}
             if bootstrap:
                 voters = frozenset(replica_id(n) for n in self._creation.shard_map[group].voters)
-        if bootstrap and (peers or voters) and storage.last_index() == 0:
-            eng = open_engine(self.identity.engine, path)
-            try:
-                Replica.bootstrap(storage, eng, peers, voters=voters, extra=extra)
-            finally:
-                eng.close()
-            self.log.sync()
+        new = bootstrap and bool(peers or voters) and storage.last_index() == 0
+        path = self._engine_path(group)
+        return _GroupPlan(group, storage, path, raft_id, peers, voters, extra, new)
+
+    def _prepare_engine(self, plan: _GroupPlan) -> tuple[Engine, ConfState | None]:
+        """In a worker thread: open the group's engine and, for a new group, write its
+        initial state (durable on return). Touches only the group's own directory."""
+        if plan.path is not None:
+            os.makedirs(os.path.dirname(plan.path), exist_ok=True)
+        eng = open_group_engine(self.identity.engine, plan.path, self.engine_options)
+        if not plan.bootstrap:
+            return eng, None
+        try:
+            conf = Replica.bootstrap_engine(
+                eng,
+                plan.peers,
+                voters=plan.voters,
+                extra=plan.extra,
+                origin=self.identity.cluster_id,
+            )
+        except BaseException:
+            eng.close()
+            raise
+        return eng, conf
+
+    def _make_replica(self, plan: _GroupPlan, engine: Engine) -> Replica:
+        cfg = self.cfg
+        group, storage, path, raft_id = plan.group, plan.storage, plan.path, plan.raft_id
 
         def raft_config(applied: int) -> Config:
             return Config(
@@ -465,6 +547,8 @@ class Node:
             compact_every=cfg.compact_every,
             leader_wait=cfg.leader_wait_s(),
             read_retry=2 * cfg.election_timeout(),
+            engine=engine,
+            engine_options=self.engine_options,
         )
         rep: Replica
         if not self.sharded:
@@ -874,6 +958,53 @@ def _hosted(replicas: dict[int, Replica], groups: dict[int, None]) -> list[Repli
 
 _LEADER_MESSAGES = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
 """What a shard leader sends a new member first (a replica is created on them)."""
+
+
+OPEN_THREADS = 8
+"""Worker threads that open a node's group engines at start (parallel fsyncs)."""
+
+
+def group_engine_options(engine: str, shards: int) -> dict[str, Any]:
+    """The options of each group's engine on a node of a cluster of ``shards`` shards.
+
+    An unsharded node's one engine keeps the engine's defaults. A sharded node hosts up to
+    ``shards + 1`` engines, so what the defaults size for one engine is split or shared
+    (measured in bench/shard_cost.py, docs/sharding.md "Choosing a shard count"):
+
+    * lsm: every engine shares the process's 64 MB block cache (always, in
+      :mod:`tidekv.storage.lsm`); memtables of ``max(4, 64 / shards)`` MB (each
+      memtable's bloom filter is allocated in full when it is created: 1.3 MB per column
+      family at 64 MB, 160 MB of RSS on an empty 64-shard node), all of them under one
+      256 MB limit (RocksDB's WriteBufferManager: the most an unsharded node's two
+      column families may hold); at most ``max(64, 4096 / shards)`` open table files
+      each.
+    * btree: a map of ``max(256 MB, 16 GB / shards)`` (address space; the engine doubles
+      it when it fills), so 4096 shards do not reserve 64 TB of address space.
+    """
+    if shards <= 1:
+        return {}
+    if engine == "lsm":
+        return {
+            "write_buffer_mb": max(4, 64 // shards),
+            "write_buffer_total_mb": 256,
+            "max_open_files": max(64, 4096 // shards),
+        }
+    if engine == "btree":
+        return {"map_size": max(256 << 20, (16 << 30) // shards)}
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class _GroupPlan:
+    group: int
+    storage: GroupStorage
+    path: str | None
+    raft_id: int
+    peers: dict[int, Peer]
+    voters: frozenset[int] | None
+    extra: list[Op] | None
+    bootstrap: bool
+    """The group's log is empty: write its initial state (engine, then log)."""
 
 
 def _ignore_peers(peers: dict[int, Peer]) -> None:

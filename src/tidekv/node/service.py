@@ -797,18 +797,22 @@ class NodeService:
 
     async def ready(self) -> bool:
         if self.node.sharded:
-            # every local replica (the metadata's too) knows a leader
-            return all(r.raw.raft.lead != NONE for r in self.node.replicas.values())
-        rep = self.rep
-        raft = rep.raw.raft
-        if raft.lead == NONE:
-            return False
-        if raft.role is Role.LEADER:
-            return raft.log.term(raft.log.committed) == raft.term
-        return True
+            # every local replica (the metadata's too) knows a leader, and a local leader
+            # has committed an entry of its term (it serves reads at once)
+            return all(_replica_ready(r) for r in self.node.replicas.values())
+        return _replica_ready(self.rep)
 
     def metrics_text(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)
+
+
+def _replica_ready(rep: Replica) -> bool:
+    raft = rep.raw.raft
+    if raft.lead == NONE:
+        return False
+    if raft.role is Role.LEADER:
+        return raft.log.term(raft.log.committed) == raft.term
+    return True
 
 
 _REMOTE_PAGE = 1000

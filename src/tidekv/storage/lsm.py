@@ -13,9 +13,18 @@ Durability
 
 Options (keyword arguments of :class:`LSMEngine`, all optional)
     ``block_cache_mb`` (64)
-        LRU cache for uncompressed data, index and filter blocks.
+        LRU cache for uncompressed data, index and filter blocks. One cache per size in a
+        process: every engine opened with the same ``block_cache_mb`` shares it, so a
+        node hosting 64 shards (64 RocksDB instances) holds 64 MB of blocks, not 4 GB.
     ``write_buffer_mb`` (64)
         Memtable size; larger batches more writes per flush, costs memory.
+    ``write_buffer_total_mb`` (0: no limit)
+        A memory limit on the memtables of every engine of the process opened with the
+        same value (one RocksDB ``WriteBufferManager`` per value, no write stall): past
+        it, the memtable being written to is flushed early. For many small instances.
+    ``max_open_files`` (-1: no limit)
+        Table files RocksDB keeps open (its table cache); ``-1`` opens every file at once
+        and keeps it open. A bound keeps the file descriptors of many instances in check.
     ``bloom_bits`` (10)
         Bits per key of the full (not block-based) bloom filter in each table file,
         about 1% false positives: a ``get`` of an absent key rarely reads a data block.
@@ -69,6 +78,7 @@ from rocksdict import (
     Rdict,
     ReadOptions,
     WriteBatch,
+    WriteBufferManager,
     WriteOptions,
 )
 
@@ -90,6 +100,8 @@ _DEFAULTS: dict[str, Any] = {
     "compression": "lz4",
     "background_jobs": 2,
     "memtable_bloom": 0.02,
+    "write_buffer_total_mb": 0,
+    "max_open_files": -1,
 }
 
 _Pairs = Iterator[tuple[bytes, bytes]]
@@ -100,6 +112,29 @@ _COMPRESSION = {
     "snappy": DBCompressionType.snappy,
     "none": DBCompressionType.none,
 }
+
+
+_shared_lock = threading.Lock()
+_caches: dict[int, Cache] = {}
+_write_buffers: dict[int, WriteBufferManager] = {}
+
+
+def _shared_cache(mb: int) -> Cache:
+    """The process's block cache of ``mb`` MB (one per size, shared by its engines)."""
+    with _shared_lock:
+        cache = _caches.get(mb)
+        if cache is None:
+            cache = _caches[mb] = Cache(mb << 20)
+        return cache
+
+
+def _shared_write_buffer(mb: int) -> WriteBufferManager:
+    """The process's memtable limit of ``mb`` MB (one per size, shared by its engines)."""
+    with _shared_lock:
+        wbm = _write_buffers.get(mb)
+        if wbm is None:
+            wbm = _write_buffers[mb] = WriteBufferManager(mb << 20, False)
+        return wbm
 
 
 def _storage_error(exc: Exception, what: str) -> StorageError:
@@ -344,13 +379,16 @@ class LSMEngine(Engine):
         o.set_write_buffer_size(int(opts["write_buffer_mb"]) << 20)
         o.set_compression_type(_COMPRESSION[compression]())
         o.set_keep_log_file_num(3)
+        o.set_max_open_files(int(opts["max_open_files"]))
+        if opts["write_buffer_total_mb"]:
+            o.set_write_buffer_manager(_shared_write_buffer(int(opts["write_buffer_total_mb"])))
         if opts["memtable_bloom"]:
             # a whole-key bloom filter in each memtable: the get of an absent key (the
             # store reads a key record before every write) skips the skiplist search
             o.set_memtable_prefix_bloom_ratio(float(opts["memtable_bloom"]))
             o.set_memtable_whole_key_filtering(True)
         table = BlockBasedOptions()
-        table.set_block_cache(Cache(int(opts["block_cache_mb"]) << 20))
+        table.set_block_cache(_shared_cache(int(opts["block_cache_mb"])))
         if opts["bloom_bits"]:
             table.set_bloom_filter(int(opts["bloom_bits"]), False)
         table.set_cache_index_and_filter_blocks(True)
