@@ -148,8 +148,9 @@ def serve(
         bool,
         typer.Option(
             "--join",
-            help="Start empty and wait to be added to a cluster; with --shards N > 1, ask "
-            "a member (--peers) to join the sharded cluster.",
+            help="Join the cluster of the members in --peers: a sharded cluster is asked "
+            "to take this node in (its shard count is the cluster's; --shards, if given, "
+            "must match); an unsharded one is waited on to add it (tide cluster add).",
         ),
     ] = False,
     engine: Annotated[str, typer.Option("--engine", "-e", help="lsm, btree or hash.")] = "lsm",

@@ -26,10 +26,10 @@ NODE_FILE = "node.json"
 DEFAULT_HTTP = "127.0.0.1:7070"
 RAFT_PORT_OFFSET = 100
 
-NODE_DEFAULT_SHARDS = 1
-"""The shard count of a new cluster when ``--shards`` is not given. The issue's default is
-64 (:data:`tidekv.sharding.keys.DEFAULT_SHARDS`); it flips here, one line, once nodes can
-join a sharded cluster. ``TIDEKV_DEFAULT_SHARDS`` overrides it (tests, trying it out)."""
+NODE_DEFAULT_SHARDS = 64
+"""The shard count of a new cluster when ``--shards`` is not given (the issue's default,
+:data:`tidekv.sharding.keys.DEFAULT_SHARDS`); ``--shards 1`` is the unsharded cluster of
+one data group. ``TIDEKV_DEFAULT_SHARDS`` overrides it (tests, trying it out)."""
 DEFAULT_SHARDS_ENV = "TIDEKV_DEFAULT_SHARDS"
 
 

@@ -66,6 +66,34 @@ async def join_sharded(cfg: NodeConfig) -> None:
     raise InvalidInput(f"could not join the cluster within {JOIN_WAIT:.0f} s ({last})")
 
 
+async def probe_shards(cfg: NodeConfig) -> int:
+    """A joining node started without ``--shards``: the cluster's shard count, asked of
+    the members (``GET /v1/cluster``), so that the same command joins a sharded cluster
+    and an unsharded one."""
+    seeds = [p for p in cfg.peers.values() if p.id != cfg.node_id]
+    if not seeds:
+        raise InvalidInput("a joining node needs --peers: a member to ask, ID=HOST:PORT")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + JOIN_WAIT
+    last = "no member answered"
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        while loop.time() < deadline:
+            for seed in seeds:
+                try:
+                    r = await client.get(seed.http_url + "/v1/cluster")
+                except httpx.HTTPError as exc:
+                    last = f"{seed.address}: {exc or type(exc).__name__}"
+                    continue
+                if r.status_code == 200:
+                    return int(r.json().get("shard_count", 1))
+                last = f"{seed.address}: {r.status_code} {_message(r)}"
+            await asyncio.sleep(0.5)
+    raise InvalidInput(
+        f"could not learn the cluster's shard count within {JOIN_WAIT:.0f} s ({last}); "
+        "give --shards"
+    )
+
+
 def _message(r: httpx.Response) -> str:
     try:
         return str(r.json().get("error", {}).get("message") or r.text)

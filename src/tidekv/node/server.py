@@ -56,6 +56,7 @@ import msgspec
 
 from tidekv.errors import InvalidInput, TideError
 from tidekv.node.config import (
+    NODE_FILE,
     Identity,
     NodeConfig,
     Peer,
@@ -189,10 +190,13 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.cfg
-        if cfg.join and (cfg.shards or 1) > 1:
-            from tidekv.node.join import join_sharded
+        if cfg.join and not os.path.exists(os.path.join(cfg.data_dir, NODE_FILE)):
+            from tidekv.node.join import join_sharded, probe_shards
 
-            await join_sharded(cfg)  # writes node.json (once) from a member's answer
+            if cfg.shards is None:  # the cluster's count, sharded or not
+                cfg.shards = await probe_shards(cfg)
+            if cfg.shards > 1:
+                await join_sharded(cfg)  # writes node.json (once) from a member's answer
         self.identity, created = load_or_create_identity(cfg)
         if self.identity.engine != cfg.engine and not created:
             log.info("node uses the %s engine recorded in node.json", self.identity.engine)
