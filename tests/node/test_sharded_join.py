@@ -18,6 +18,7 @@ the 3 that ``choose_meta_voters`` keeps.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -237,3 +238,41 @@ def wait_removed(c: ProcCluster, node: int) -> None:
                 return
         time.sleep(0.25)
     raise AssertionError(f"node {node} not removed and empty: {last}\n{c.logs()}")
+
+
+def test_a_join_without_shards_takes_the_clusters_count(tmp_path: Path) -> None:
+    """``tide serve --join`` without ``--shards`` asks a member for the shard count: the
+    three members were created with 8 shards (``$TIDEKV_DEFAULT_SHARDS``), the joiner's
+    own default is 64, and it must end a member of the 8-shard cluster holding replicas."""
+    c = ProcCluster(tmp_path, 3, shards=None)
+    try:
+        for i in (1, 2, 3):
+            c.env[i] = {"TIDEKV_DEFAULT_SHARDS": "8"}
+            c.start(i)
+        for i in (1, 2, 3):
+            c.wait_ready(i)
+        c.env[4] = {"TIDEKV_DEFAULT_SHARDS": ""}  # the joiner's default: 64
+        c.start(4, join=True, peers=f"1={c.address(1)}")
+        deadline = time.monotonic() + SETTLE
+        info: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            info = c.cluster(4)
+            if (
+                info is not None
+                and info.get("shard_count") == 8
+                and any(4 in sh["replicas"] for sh in info["shards"])
+                and any(n["id"] == 4 and n["state"] == "active" for n in info["nodes"])
+                and not info.get("moves")
+            ):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"node 4 did not join the 8-shard cluster: {info}")
+        ident = json.loads((c.data_dir(4) / "node.json").read_text())
+        assert ident["shards"] == 8
+        # node 1's view (the metadata it holds or was pushed) agrees
+        one = c.cluster(1)
+        assert one is not None and one["shard_count"] == 8
+        assert any(n["id"] == 4 and n["state"] == "active" for n in one["nodes"]), one["nodes"]
+    finally:
+        c.close()

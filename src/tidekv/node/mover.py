@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 
 from tidekv.errors import TideError
 from tidekv.node.meta import META_GROUP
+from tidekv.node.pseudo import CLUSTER_GROUP, RETIRE_GROUP
 from tidekv.raft import ConfChange, ConfChangeType, Message, MessageType, ProposalDropped
 from tidekv.sharding import metadata
 from tidekv.sharding.executor import (
@@ -73,12 +74,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tidekv.node")
 
-CLUSTER_GROUP = -2
-"""Pseudo-group of the metadata push: ``index`` = the state's revision, ``context`` =
-``encode_state`` (sent by the metadata leader to every member)."""
-RETIRE_GROUP = -3
-"""Pseudo-group of a shard leader's "your replica is out of the group": ``index`` = the
-shard, ``commit`` = the replica id to retire (sent to that replica's node)."""
 
 PERIOD = 0.2
 """Seconds between two passes over the shards this node leads."""

@@ -71,7 +71,8 @@ from tidekv.node.meta import (
     initial_state,
     state_op,
 )
-from tidekv.node.mover import CLUSTER_GROUP, RETIRE_GROUP, Mover
+from tidekv.node.mover import Mover
+from tidekv.node.pseudo import BALANCE_GROUP, CLUSTER_GROUP, LIVENESS_GROUP, RETIRE_GROUP
 from tidekv.node.registry import (
     ReplicaRegistry,
     load_pushed_state,
@@ -110,13 +111,6 @@ seen, 30 s between two transfers of one shard (ms)."""
 BALANCE_EVERY = 1.0
 """Seconds between two polls of the leader balancer."""
 
-LIVENESS_GROUP = -1
-"""The pseudo-group of the per-node-pair liveness pings; no replica has it."""
-
-BALANCE_GROUP = -2
-"""The pseudo-group of leader-balancing hints: a ``MsgTransferLeader`` from the metadata
-leader to the node leading a shard, ``index`` = the shard, ``commit`` = the node to hand
-the leadership to (replica ids are local knowledge: the receiver picks its replica)."""
 
 QUIESCE_ENV = "TIDEKV_QUIESCE"
 """``0`` turns quiescence (and the liveness pings) off, for benchmarks and bisecting."""
