@@ -144,6 +144,22 @@ def serve(
             "(experimental: a request can fail with 503 during a transfer).",
         ),
     ] = False,
+    down_after: Annotated[
+        float,
+        typer.Option(
+            "--down-after",
+            help="Sharded clusters: seconds of silence before the metadata leader marks "
+            "a node down (the metadata leader's setting counts).",
+        ),
+    ] = 10.0,
+    evict_after: Annotated[
+        float,
+        typer.Option(
+            "--evict-after",
+            help="Sharded clusters: seconds a node stays down before its replicas are "
+            "re-created on other nodes (the metadata leader's setting counts).",
+        ),
+    ] = 300.0,
     compact_every: Annotated[
         int, typer.Option("--compact-every", hidden=True, help="Raft log compaction period.")
     ] = 10_000,
@@ -175,7 +191,10 @@ def serve(
             compact_every=compact_every,
             balance_leaders=balance_leaders,
             shards=shards,
+            down_after=down_after,
+            evict_after=evict_after,
         )
+        cfg.check_liveness()
         cfg.me()
         cfg.initial_peers()
         from tidekv.storage import engine_class
