@@ -638,6 +638,7 @@ class NodeService:
             "meta": {
                 "voters": list(st.meta_voters),
                 "leader": meta_lead,
+                "term": None if meta is None else meta.raw.raft.term,
                 "revision": st.revision,
                 "local": meta is not None,
                 "down_after": node.cfg.down_after,
