@@ -23,7 +23,9 @@ the node pings each peer node once (one tiny message on the pseudo-group
 :data:`LIVENESS_GROUP`, riding the per-destination frame, for all groups at once); a
 peer not heard from (any frame counts) for an election timeout, or whose connection the
 transport reports lost, is silent, and every quiesced replica whose leader is on it is
-woken (``RawNode.unquiesce``) and elects a new leader as usual.
+woken (``RawNode.unquiesce``) and elects a new leader as usual. On a sharded node the
+pings also feed the failure detector (node/failures.py), so they run there even with
+quiescence off.
 """
 
 from __future__ import annotations
