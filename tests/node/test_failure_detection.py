@@ -91,6 +91,12 @@ def meta_leader(c: ProcCluster, among: list[int]) -> int:
     return int(wait_for(c, "a metadata leader", lead))
 
 
+def leader_and_follower(c: ProcCluster) -> tuple[int, int]:
+    """The metadata leader, and another node."""
+    lead = meta_leader(c, [1, 2, 3])
+    return lead, next(i for i in (1, 2, 3) if i != lead)
+
+
 def by_node(c: ProcCluster, i: int, name: str) -> dict[int, float]:
     """A per-node counter of node ``i``'s own /metrics: member id -> value."""
     text = c.http.get(c.url(i) + "/metrics", timeout=5.0).text
@@ -183,8 +189,7 @@ def test_a_pause_shorter_than_down_after_changes_nothing(
 ) -> None:
     down_after = 4.0
     c = make_cluster(down_after)
-    lead = meta_leader(c, [1, 2, 3])
-    follower = next(i for i in (1, 2, 3) if i != lead)
+    lead, follower = leader_and_follower(c)
     for paused in (follower, lead):
         c.signal(paused, signal.SIGSTOP)
         time.sleep(1.0)  # a quarter of --down-after
@@ -210,11 +215,9 @@ def live(c: ProcCluster, i: int, nid: int) -> bool | None:
 def test_a_flapping_node_costs_few_down_and_up_changes(
     make_cluster: Callable[[float], ProcCluster],
 ) -> None:
-    down_after = 1.5
-    c = make_cluster(down_after)
-    lead = meta_leader(c, [1, 2, 3])
+    c = make_cluster(1.5)
     # the detector's holds live on the metadata leader: flap another node
-    flapper = next(i for i in (1, 2, 3) if i != lead)
+    lead, flapper = leader_and_follower(c)
     before = c.cluster(lead)
     assert before is not None
     for _ in range(6):
