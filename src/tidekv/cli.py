@@ -516,7 +516,7 @@ def cluster_remove(
     if as_json:
         emit_json(res)
     else:
-        out.print(f"node {node_id} removed", markup=False)
+        out.print(f"node {node_id} {res.get('state', 'removed')}", markup=False)
 
 
 def main() -> None:

@@ -121,7 +121,12 @@ def serve(
         ),
     ] = None,
     join: Annotated[
-        bool, typer.Option("--join", help="Start empty and wait to be added to a cluster.")
+        bool,
+        typer.Option(
+            "--join",
+            help="Start empty and wait to be added to a cluster; with --shards N > 1, ask "
+            "a member (--peers) to join the sharded cluster.",
+        ),
     ] = False,
     engine: Annotated[str, typer.Option("--engine", "-e", help="lsm, btree or hash.")] = "lsm",
     cluster_id: Annotated[str | None, typer.Option("--cluster-id")] = None,
@@ -226,6 +231,9 @@ def serve(
         rc = asyncio.run(run)
     except KeyboardInterrupt:
         rc = 0
+    except TideError as exc:  # e.g. a join the cluster refused
+        err.print(f"error: {exc.message}", markup=False)
+        rc = 2
     except OSError as exc:
         err.print(f"error: {exc}", markup=False)
         rc = 1

@@ -503,7 +503,10 @@ class App:
             raise InvalidInput(f"id must be an integer node id from 1 to {MAX_NODE_ID}", field="id")
         if not isinstance(address, str) or not address:
             raise InvalidInput("address must be a non-empty string", field="address")
-        return json_response(200, await self.service.add_node(node_id, address))
+        raft = body.get("raft_address")
+        if raft is not None and (not isinstance(raft, str) or not raft):
+            raise InvalidInput("raft_address must be a non-empty string", field="raft_address")
+        return json_response(200, await self.service.add_node(node_id, address, raft))
 
     async def remove_node(self, req: Request) -> Response:
         raw = req.param("node id")

@@ -379,7 +379,9 @@ class LocalService:
             ],
         }
 
-    async def add_node(self, node_id: int, address: str) -> dict[str, Any]:
+    async def add_node(
+        self, node_id: int, address: str, raft_address: str | None = None
+    ) -> dict[str, Any]:
         raise Conflict(
             "this server runs one embedded store without replication; it cannot add nodes",
             node=node_id,

@@ -125,12 +125,15 @@ def test_writes_to_every_shard_through_any_node_read_back_linearizably(
     assert info["meta"]["voters"] == [1, 2, 3]  # type: ignore[index]
     assert info["moves"] == []
 
-    # `tide status` prints the shard map; adding a node is refused (placement is static)
+    # `tide status` prints the shard map; a join of an existing id at another address is
+    # a conflict, a bad address bad input (joins that move shards: test_sharded_join.py)
     out = tide("status", "--url", c.url(3))
     assert out.returncode == 0, out.stderr
     assert "shard_count: 8" in out.stdout and "leader_address" in out.stdout
-    r = c.http.post(c.url(1) + "/v1/cluster/nodes", json={"id": 9, "address": "127.0.0.1:9"})
-    assert r.status_code == 409 and "sharded" in r.json()["error"]["message"]
+    r = c.http.post(c.url(1) + "/v1/cluster/nodes", json={"id": 2, "address": "127.0.0.1:9"})
+    assert r.status_code == 409 and "already a member" in r.json()["error"]["message"]
+    r = c.http.post(c.url(3) + "/v1/cluster/nodes", json={"id": 9, "address": "nowhere"})
+    assert r.status_code == 400 and "host:port" in r.json()["error"]["message"]
 
 
 def tide(*args: str) -> subprocess.CompletedProcess[str]:

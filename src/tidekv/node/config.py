@@ -229,14 +229,22 @@ def load_or_create_identity(cfg: NodeConfig) -> tuple[Identity, bool]:
     shards = cfg.shards or 1
     initial: tuple[Peer, ...] = ()
     if shards > 1:
-        if cfg.join:
-            raise InvalidInput("joining a sharded cluster is not supported yet")
+        if cfg.join:  # Node.start asked a member first (node/join.py), which writes it
+            raise InvalidInput("a node joining a sharded cluster needs --peers (a member)")
         initial = tuple(sorted(cfg.initial_peers().values(), key=lambda p: p.id))
     os.makedirs(cfg.data_dir, exist_ok=True)
     cluster_id = cfg.cluster_id or (
         _derived_cluster_id(shards, initial) if initial else secrets.token_hex(8)
     )
     ident = Identity(cfg.node_id, cluster_id, cfg.engine, shards, initial)
+    write_identity(cfg.data_dir, ident)
+    return ident, True
+
+
+def write_identity(data_dir: str, ident: Identity) -> None:
+    """Write ``node.json`` (atomically, fsync-ed)."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, NODE_FILE)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(
@@ -253,4 +261,3 @@ def load_or_create_identity(cfg: NodeConfig) -> tuple[Identity, bool]:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return ident, True

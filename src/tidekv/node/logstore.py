@@ -155,6 +155,16 @@ class GroupStorage:
         meta = SnapshotMeta(index=index, term=mem.term(index), conf=conf)
         self._wal.append_compact(self.group_id, meta, partial(self._compact, meta))
 
+    def drop(self) -> None:
+        """Forget the whole log and hard state (the replica here was retired): the group
+        is empty again, as if it never had a log on this node. Two records (RESET at index
+        0, a zero HARD_STATE), durable at the next sync; a checkpoint keeps only the empty
+        image."""
+        meta = SnapshotMeta(index=0, term=0, conf=ConfState())
+        self._wal.append_reset(self.group_id, meta, partial(self._reset, meta))
+        hs = HardState()
+        self._wal.append_hard_state(self.group_id, hs, partial(self._mem.set_hard_state, hs))
+
     # -- shared by the writes above and by replay ---------------------------------------
 
     def _reset(self, meta: SnapshotMeta) -> None:

@@ -136,6 +136,7 @@ class Replica:
         compact_every: int,
         peer_of: Callable[[int], Peer | None] | None = None,
         on_leader: Callable[[Replica], None] | None = None,
+        on_removed: Callable[[Replica], None] | None = None,
     ) -> None:
         self.group = group
         self.node_id = node_id
@@ -143,6 +144,9 @@ class Replica:
         """Raft id -> the hosting node's addresses, when the group's Raft ids are replica
         ids (a sharded cluster's data groups); else the group's address book is used."""
         self._on_leader = on_leader
+        self._on_removed = on_removed
+        """Called when this replica applies its own removal (a sharded data group: the
+        node retires it)."""
         self.storage = storage
         self._engine_name = engine_name
         self._engine_path = engine_path
@@ -252,10 +256,23 @@ class Replica:
         engine.sync()
         storage.apply_snapshot(Snapshot(meta=SnapshotMeta(index=1, term=1, conf=conf)))
 
+    closed = False
+
     def close(self) -> None:
+        self.closed = True
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(Unavailable("the node is shutting down"))
+        # a replica retired by a move: its reads and watches end now (the client, or the
+        # merged feed, goes to a node that holds the shard), not at their timeout
+        gone = Unavailable(f"shard {self.group} is no longer served here", shard=self.group)
+        pending: list[asyncio.Future[Any]] = list(self._reads)
+        pending += [f for fs in self._reads_in_flight.values() for f in fs]
+        pending += [f for _i, _s, f in self._applied_waiters]
+        for f in pending:
+            if not f.done():
+                f.set_exception(gone)
+        self._changed.set()
         OUTGOING.release_engine(self.engine)
         self.store.close()
 
@@ -373,6 +390,8 @@ class Replica:
     async def wait_change(self, after_revision: int) -> None:
         """Wait until the store's revision moves past ``after_revision``."""
         while self.store.sm.revision <= after_revision:
+            if self.closed:
+                raise Unavailable(f"shard {self.group} is no longer served here", shard=self.group)
             ev = self._changed
             await ev.wait()
 
@@ -588,6 +607,12 @@ class Replica:
         self.peers = load_peers(self.engine)
         self.removed = load_removed(self.engine)
         self._on_peers_changed(self.peers)
+        if (
+            self._on_removed is not None
+            and cc.type is ConfChangeType.REMOVE_NODE
+            and cc.node_id == self.raw.raft.id
+        ):
+            self._on_removed(self)
         for idx, fut in list(self._conf_changes):
             if idx <= e.index:
                 self._conf_changes.remove((idx, fut))

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,7 +43,13 @@ from typing import Any
 import msgspec
 
 from tidekv.errors import InvalidInput, TideError
-from tidekv.node.config import Identity, NodeConfig, Peer, load_or_create_identity
+from tidekv.node.config import (
+    Identity,
+    NodeConfig,
+    Peer,
+    default_raft_address,
+    load_or_create_identity,
+)
 from tidekv.node.failures import FailureWatch, StepFreeClock
 from tidekv.node.logstore import NodeLog
 from tidekv.node.meta import (
@@ -51,6 +58,12 @@ from tidekv.node.meta import (
     encode_meta_entry,
     initial_state,
     state_op,
+)
+from tidekv.node.mover import CLUSTER_GROUP, RETIRE_GROUP, Mover
+from tidekv.node.registry import (
+    ReplicaRegistry,
+    load_pushed_state,
+    save_pushed_state,
 )
 from tidekv.node.replica import Replica
 from tidekv.node.snapstream import SnapshotSink
@@ -68,7 +81,7 @@ from tidekv.raft import (
 from tidekv.sharding import metadata
 from tidekv.sharding.balancer import BalancerConfig, LeaderBalancer
 from tidekv.sharding.metadata import ClusterState
-from tidekv.sharding.replicas import node_of, replica_id
+from tidekv.sharding.replicas import incarnation_of, node_of, replica_id
 from tidekv.sharding.ring import DEFAULT_REPLICATION
 from tidekv.storage import Op, open_engine
 
@@ -135,11 +148,28 @@ class Node:
         self._started = 0.0
         self.failures: FailureWatch | None = None
         """The failure detector's driver (sharded clusters; it acts on the metadata leader)."""
+        # -- moves (sharded clusters; docs/sharding.md "Joining and leaving") -------------
+        self.mover = Mover(self)
+        self.registry: ReplicaRegistry | None = None
+        self._creation: ClusterState | None = None
+        """The state at creation: what bootstraps incarnation-0 replicas and the
+        metadata group (whose membership is fixed at creation)."""
+        self.meta_voters: list[int] = []
+        """The metadata group's real voters (the creation state's)."""
+        self.meta_leader_hint: int | None = None
+        """The node that last pushed the metadata (its leader), for nodes outside it."""
+        self._retiring: dict[int, tuple[int, str]] = {}
+        """group -> (replica id, why): replicas to retire between two loop turns."""
+        self._state_saved = -1
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.cfg
+        if cfg.join and (cfg.shards or 1) > 1:
+            from tidekv.node.join import join_sharded
+
+            await join_sharded(cfg)  # writes node.json (once) from a member's answer
         self.identity, created = load_or_create_identity(cfg)
         if self.identity.engine != cfg.engine and not created:
             log.info("node uses the %s engine recorded in node.json", self.identity.engine)
@@ -184,27 +214,50 @@ class Node:
 
     def _start_sharded(self) -> None:
         """Open the metadata group (if this node is a metadata voter) and the data groups
-        the shard map places here. The initial state is a pure function of node.json
-        (cluster id, shard count, members), identical on every node."""
+        this node hosts (``replicas.json``; at first start, the creation placement). The
+        creation state is a pure function of node.json (cluster id, shard count, members),
+        identical on every node; the live state is the metadata group's (voters), or the
+        newest one its leader pushed (everyone else, kept in ``cluster.state``)."""
         ident = self.identity
+        me = self.cfg.node_id
         self.members = {p.id: p for p in ident.members}
         for p in ident.members:
-            if p.id != self.cfg.node_id:
+            if p.id != me:
                 self.transport.set_peer(p.id, p.raft_address)
-        state = initial_state(
+        creation = initial_state(
             ident.cluster_id,
             ident.shards,
             [(p.id, p.address) for p in ident.members],
             DEFAULT_REPLICATION,
         )
-        self.cluster = state
-        if self.cfg.node_id in state.meta_voters:
+        self._creation = creation
+        self.meta_voters = list(creation.meta_voters)
+        self.cluster = creation
+        pushed = load_pushed_state(self.cfg.data_dir)
+        if pushed is not None and pushed.cluster_id == creation.cluster_id:
+            self.cluster = pushed
+            self._state_saved = pushed.revision
+        if me in creation.meta_voters:
             meta = self._open_group(META_GROUP, bootstrap=True)
             assert isinstance(meta, MetaReplica)
             self.meta = meta
-            if meta.state.shards:
+            if meta.state.shards and meta.state.revision >= self.cluster.revision:
                 self.cluster = meta.state
-        self._reconcile()
+        self._sync_members(self.cluster)
+        reg = self.registry = ReplicaRegistry(self.cfg.data_dir)
+        if not reg.existed:
+            for shard, ss in creation.shard_map.items():
+                if me in ss.voters:
+                    reg.live[shard] = replica_id(me)
+            reg.save()
+        for group in self.log.group_ids():  # logs of replicas retired before a crash
+            if group != META_GROUP and group not in reg.live:
+                self._wipe_group(group)
+        for shard, rid in sorted(reg.live.items()):
+            rep = self._open_group(shard, bootstrap=incarnation_of(rid) == 0, raft_id=rid)
+            if rid in rep.removed:  # it applied its own removal, then the node stopped
+                self.retire_replica(shard, rid, "removed before the restart")
+        self._spawn(self.mover.run())
         if self.cfg.balance_leaders:
             self._spawn(self._balance_leaders())
         self._start_failure_watch()
@@ -255,21 +308,8 @@ class Node:
             except Exception:  # balancing is an optimisation: never take the node down
                 log.exception("leader balancing failed")
 
-    def _reconcile(self) -> None:
-        """Open a replica for every shard the metadata places on this node."""
-        st = self.cluster
-        if st is None or self._closing:
-            return
-        me = self.cfg.node_id
-        for shard, ss in st.shard_map.items():
-            if shard not in self.replicas and (me in ss.voters or me in ss.learners):
-                self._open_group(shard, bootstrap=True)
-        # closing replicas the metadata moved away needs the move executor (not built)
-
     def _on_meta_state(self, state: ClusterState) -> None:
-        self.cluster = state
-        # called while the loop applies entries: open groups outside its iteration
-        asyncio.get_running_loop().call_soon(self._reconcile)
+        self.adopt_state(state)
 
     def peer_of_replica(self, rid: int) -> Peer | None:
         return self.members.get(node_of(rid))
@@ -295,7 +335,7 @@ class Node:
                 frm=self.cfg.node_id,
                 entries=[Entry(term=0, index=0, kind=EntryKind.NORMAL, data=data)],
             )
-            for v in self.cluster.meta_voters
+            for v in self.meta_voters
             if v != self.cfg.node_id
         ]
         self.transport.send(META_GROUP, msgs)
@@ -321,28 +361,33 @@ class Node:
                 log.debug("shard %d: LeaderSeen not recorded yet: %s", rep.group, exc)
             await asyncio.sleep(0.25)
 
-    def _open_group(self, group: int, *, bootstrap: bool) -> Replica:
+    def _open_group(self, group: int, *, bootstrap: bool, raft_id: int | None = None) -> Replica:
+        """Open (bootstrap first, if asked and the log is empty) the replica of
+        ``group``. ``raft_id``: a sharded data group's replica id (default: incarnation
+        0, the creation placement's)."""
         cfg = self.cfg
         storage = self.log.group(group)
         path = self._engine_path(group)
         if path is not None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        raft_id = cfg.node_id
         voters: frozenset[int] | None = None
         extra: list[Op] | None = None
         if not self.sharded:
+            raft_id = cfg.node_id
             peers = cfg.initial_peers()
         elif group == META_GROUP:
-            assert self.cluster is not None
-            peers = {n: self.members[n] for n in self.cluster.meta_voters}
-            extra = [state_op(self.cluster)]
+            assert self._creation is not None
+            raft_id = cfg.node_id
+            peers = {n: self.members[n] for n in self._creation.meta_voters}
+            extra = [state_op(self._creation)]
         else:
             # a data group of a sharded cluster: Raft ids are replica ids (incarnation 0
             # at creation), the address book is the cluster's
-            assert self.cluster is not None
-            raft_id = replica_id(cfg.node_id)
+            assert self._creation is not None
+            raft_id = replica_id(cfg.node_id) if raft_id is None else raft_id
             peers = {}
-            voters = frozenset(replica_id(n) for n in self.cluster.shard_map[group].voters)
+            if bootstrap:
+                voters = frozenset(replica_id(n) for n in self._creation.shard_map[group].voters)
         if bootstrap and (peers or voters) and storage.last_index() == 0:
             eng = open_engine(self.identity.engine, path)
             try:
@@ -384,7 +429,12 @@ class Node:
         elif group == META_GROUP:
             rep = MetaReplica(on_state=self._on_meta_state, **kw)
         else:
-            rep = Replica(peer_of=self.peer_of_replica, on_leader=self._on_shard_leader, **kw)
+            rep = Replica(
+                peer_of=self.peer_of_replica,
+                on_leader=self._on_shard_leader,
+                on_removed=self._on_replica_removed,
+                **kw,
+            )
             rep.node_of = node_of
         self.replicas[group] = rep
         if not self.sharded:
@@ -490,8 +540,10 @@ class Node:
         stepped = False
         for group, m in msgs:
             rep = self.replicas.get(group)
-            if rep is None:
-                continue  # a liveness ping (or a group not hosted here)
+            if rep is None or (rep.node_of is not None and m.to != rep.raw.raft.id):
+                rep = self._route_sharded(frm, group, m, rep)
+                if rep is None:
+                    continue  # a liveness ping, or a group (incarnation) not hosted here
             stepped = True
             if m.frm in rep.removed or (rep.node_of is None and frm in rep.removed):
                 # a removed member (still running, or restarted on its old data) must not
@@ -530,6 +582,8 @@ class Node:
 
     def _snapshot_sink(self, frm: int, group: int, m: Message) -> SnapshotSink | None:
         rep = self.replicas.get(group)
+        if rep is None or (rep.node_of is not None and m.to != rep.raw.raft.id):
+            rep = self._route_sharded(frm, group, m, rep)
         if rep is None or frm in rep.removed or m.frm in rep.removed:
             return None
         return rep.snapshot_sink(m)
@@ -556,6 +610,8 @@ class Node:
             await self._wake_ev.wait()
             self._wake_ev.clear()
             while True:
+                if self._retiring:
+                    self._retire_pending()  # between two turns: no Ready is in flight
                 self.stats["loops"] += 1
                 readies: list[tuple[Replica, Ready]] = []
                 for rep in self.replicas.values():
@@ -594,6 +650,114 @@ class Node:
                         log.exception("group %d: applying a Ready failed", rep.group)
                         raise
 
+    # -- moves: the live metadata, replicas created and retired ----------------------------
+    # (docs/sharding.md, "Joining and leaving"; the executor's driver is node/mover.py)
+
+    def adopt_state(self, state: ClusterState, *, pushed: bool = False) -> None:
+        """A newer metadata state (applied here, or pushed by the metadata leader)."""
+        cur = self.cluster
+        if cur is not None and state.revision < cur.revision:
+            return
+        self.cluster = state
+        self._sync_members(state)
+        if pushed and state.revision > self._state_saved and self.meta is None:
+            self._state_saved = state.revision
+            try:
+                save_pushed_state(self.cfg.data_dir, state)
+            except OSError:
+                log.exception("could not save the pushed metadata")
+        self.mover.kick()
+
+    def _sync_members(self, state: ClusterState) -> None:
+        """The address book follows the metadata's members (a joining node becomes
+        reachable; a member's own addresses stay as node.json gave them)."""
+        me = self.cfg.node_id
+        for nid, m in state.members.items():
+            known = self.members.get(nid)
+            if known is not None and known.address == m.address:
+                continue
+            try:
+                raft = m.raft_address or default_raft_address(m.address)
+            except TideError:
+                continue
+            peer = Peer(nid, m.address, raft)
+            self.members[nid] = peer
+            if nid != me and hasattr(self, "transport"):
+                self.transport.set_peer(nid, raft)
+
+    def _route_sharded(
+        self, frm: int, group: int, m: Message, rep: Replica | None
+    ) -> Replica | None:
+        """The replica a message of ``group`` addressed to ``m.to`` is for, when it is not
+        the one hosted here: a pseudo-group's message is handled; a leader's first message
+        to a new incarnation on this node creates it, empty (it waits for a snapshot);
+        a replica whose newer incarnation is addressed is out of the group (retired)."""
+        if group < 0:
+            if group in (CLUSTER_GROUP, RETIRE_GROUP) and self.sharded:
+                self.mover.on_control(frm, group, m)
+            return None
+        if not self.sharded or self._closing or not 0 <= group < self.shard_count:
+            return None
+        rid = m.to
+        if node_of(rid) != self.cfg.node_id or m.type not in _LEADER_MESSAGES:
+            return None
+        reg = self.registry
+        if reg is None or not reg.may_create(group, rid):
+            return None
+        if rep is not None:
+            if incarnation_of(rid) > incarnation_of(rep.raw.raft.id):
+                self.retire_replica(group, rep.raw.raft.id, f"replica {rid:x} replaces it")
+            return None  # the leader sends again once the old one is gone
+        if group in self._retiring:
+            return None
+        log.info("shard %d: creating replica %x (added by %x)", group, rid, m.frm)
+        self._wipe_group(group)
+        reg.add(group, rid)
+        return self._open_group(group, bootstrap=False, raft_id=rid)
+
+    def _on_replica_removed(self, rep: Replica) -> None:
+        """``rep`` applied its own removal: it is out of a committed configuration."""
+        self.retire_replica(rep.group, rep.raw.raft.id, "it applied its own removal")
+
+    def retire_replica(self, group: int, rid: int, why: str) -> None:
+        """Retire replica ``rid`` of ``group`` at the next loop turn (if it is still the
+        one hosted here): tombstone, close, delete its log and its data."""
+        if self.registry is None:
+            return
+        rep = self.replicas.get(group)
+        if rep is None or rep.raw.raft.id != rid:
+            if incarnation_of(rid) < 0 or not self.registry.may_create(group, rid):
+                return
+            self.registry.retire(group, rid)  # a later stale message will not create it
+            return
+        self._retiring[group] = (rid, why)
+        self.wake()
+
+    def _retire_pending(self) -> None:
+        reg = self.registry
+        assert reg is not None
+        pending, self._retiring = self._retiring, {}
+        for group, (rid, why) in sorted(pending.items()):
+            rep = self.replicas.get(group)
+            if rep is None or rep.raw.raft.id != rid:
+                continue
+            log.info("shard %d: retiring replica %x (%s)", group, rid, why)
+            reg.retire(group, rid)  # durable first: it never comes back
+            del self.replicas[group]
+            rep.close()
+            self.leader_hint.pop(group, None)
+            self.mover.forget(group)
+            self._wipe_group(group)
+            self.stats["replicas_retired"] = self.stats.get("replicas_retired", 0) + 1
+
+    def _wipe_group(self, group: int) -> None:
+        """Delete a group's log and data directory on this node (nothing hosted)."""
+        storage = self.log.group(group)
+        if storage.last_index() > 0 or storage.hard_state.term > 0:
+            storage.drop()
+        path = os.path.join(self.cfg.data_dir, "groups", str(group))
+        shutil.rmtree(path, ignore_errors=True)
+
     # -- introspection ----------------------------------------------------------------------
 
     def replica(self, group: int = DATA_GROUP) -> Replica:
@@ -601,6 +765,10 @@ class Node:
             return self.replicas[group]
         except KeyError:
             raise InvalidInput(f"no shard {group} on this node") from None
+
+
+_LEADER_MESSAGES = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
+"""What a shard leader sends a new member first (a replica is created on them)."""
 
 
 def _ignore_peers(peers: dict[int, Peer]) -> None:

@@ -40,6 +40,7 @@ from tidekv.errors import (
     Unavailable,
 )
 from tidekv.node.config import Peer
+from tidekv.node.membership import decommission_node, join_node
 from tidekv.node.meta import META_GROUP
 from tidekv.node.replica import Replica
 from tidekv.node.server import DATA_GROUP, Node
@@ -593,6 +594,7 @@ class NodeService:
                 }
             peer = None if lead is None else node.members.get(lead)
             info["leader_address"] = None if peer is None else peer.address
+            info["placed"] = list(ss.voters)  # the metadata's record
             if lead is not None:
                 leads[lead] = leads.get(lead, 0) + 1
             shards.append(info)
@@ -609,7 +611,7 @@ class NodeService:
                     "down_since": m.down_since,
                     "heard_ago": node.heard_ago(nid),
                     "reachable": nid == me or node.transport.connected(nid),
-                    "meta_voter": nid in st.meta_voters,
+                    "meta_voter": nid in node.meta_voters,
                     "leads": leads.get(nid, 0),
                 }
             )
@@ -623,6 +625,7 @@ class NodeService:
                 "from": list(ss.voters),
                 "to": list(ss.target),
                 "next_step": ss.next_step,
+                "step": str(ss.steps[ss.next_step]) if ss.next_step < len(ss.steps) else None,
                 "steps": [str(step) for step in ss.steps],
                 "blocked": ss.blocked,
             }
@@ -636,7 +639,7 @@ class NodeService:
             "nodes": nodes,
             "shards": shards,
             "meta": {
-                "voters": list(st.meta_voters),
+                "voters": list(node.meta_voters),
                 "leader": meta_lead,
                 "term": None if meta is None else meta.raw.raft.term,
                 "revision": st.revision,
@@ -647,16 +650,12 @@ class NodeService:
             "moves": moves,
         }
 
-    def _static(self) -> None:
+    async def add_node(
+        self, node_id: int, address: str, raft_address: str | None = None
+    ) -> dict[str, Any]:
         if self.node.sharded:
-            raise Conflict(
-                "adding or removing nodes of a sharded cluster is not built yet: its "
-                "placement is fixed at creation"
-            )
-
-    async def add_node(self, node_id: int, address: str) -> dict[str, Any]:
-        self._static()
-        peer = Peer.make(node_id, address)
+            return await join_node(self.node, node_id, address, raft_address, self.timeout)
+        peer = Peer.make(node_id, address, raft_address)
         rep = self.rep
         if node_id in rep.removed:  # tombstones are never lifted: any replica may answer
             raise Conflict(
@@ -716,7 +715,8 @@ class NodeService:
         return False
 
     async def remove_node(self, node_id: int) -> dict[str, Any]:
-        self._static()
+        if self.node.sharded:
+            return await decommission_node(self.node, node_id, self.timeout)
         rep = self.rep
         if not rep.is_leader:
             raise rep.not_leader()

@@ -13,7 +13,7 @@ group that applies the same commands holds the same state, byte for byte
 Commands::
 
     Create(cluster_id, shards, replication, vnodes, members)   once, on a fresh state
-    Join(node, address, weight)          a new member: the ring changes, shards move to it
+    Join(node, address, weight, raft_address)  a new member: the ring changes, shards move to it
     Decommission(node)                   out of the ring; REMOVED once it holds nothing
     MarkDown(node, at) / MarkUp(node, at)  what the failure detector saw (at: its clock)
     Evict(node)                          a long-down node leaves the ring (re-replication)
@@ -90,6 +90,8 @@ class Member(msgspec.Struct):
     state: MemberState = MemberState.ACTIVE
     live: bool = True
     down_since: int | None = None
+    #: the peer (Raft) address of a member that joined ("": the one it was created with)
+    raft_address: str = ""
 
 
 class ShardState(msgspec.Struct):
@@ -149,6 +151,7 @@ class Join(msgspec.Struct, tag=True):
     node: int
     address: str
     weight: int = 1
+    raft_address: str = ""
 
 
 class Decommission(msgspec.Struct, tag=True):
@@ -291,7 +294,7 @@ def _join(state: ClusterState, c: Join) -> None:
     old = state.members.get(c.node)
     if old is not None and old.state is not MemberState.REMOVED:
         raise Refused(f"node {c.node} is already a member ({old.state.value})")
-    state.members[c.node] = Member(c.node, c.address, c.weight)
+    state.members[c.node] = Member(c.node, c.address, c.weight, raft_address=c.raft_address)
     _replan(state)
 
 
