@@ -108,11 +108,11 @@ def test_a_stall_of_this_process_marks_nobody_down() -> None:
 
 
 def test_a_member_already_down_gets_no_grace_and_its_eviction_counts_from_down_since() -> None:
-    node, w = make()
+    node, w = make(4)  # 3 others remain for 3 replicas
     st = node.meta.state
     # marked down by an earlier leader at wall 1_005 s (loop time 5 here); due at 15
     assert apply(st, MarkDown(3, at=1_005_000)) is None
-    node._heard[2] = 20.0
+    node._heard.update({2: 20.0, 4: 20.0})
     node.meta.raw.raft.term = 3
     # a new leader at 20, which never heard node 3: no MarkUp, and the eviction is due
     # by the recorded time (counted from this election it would wait until 30)
@@ -121,15 +121,16 @@ def test_a_member_already_down_gets_no_grace_and_its_eviction_counts_from_down_s
 
 
 def test_an_eviction_waits_evict_after_from_down_since() -> None:
-    node, w = make()
+    node, w = make(4)  # 3 others remain for 3 replicas
     st = node.meta.state
     assert apply(st, MarkDown(3, at=1_015_000)) is None  # loop time 15: due at 25
-    for t in (20.0, 22.0, 24.0, 24.9):
-        node._heard[2] = t
-        assert run(node, w, t) == [], t
-    node._heard[2] = 25.0
-    assert run(node, w, 25.0) == [Evict(3)]
-    assert st.members[2].live
+    out = []
+    for k in range(0, 25):  # every 0.25 s from 20 to 26; nodes 2 and 4 talk
+        t = 20.0 + 0.25 * k
+        node._heard.update({2: t, 4: t})
+        out += [(t, c) for c in run(node, w, t)]
+    assert out == [(25.0, Evict(3))]
+    assert st.members[2].live and st.members[4].live
 
 
 def test_a_member_heard_again_is_marked_up_after_its_hold() -> None:
