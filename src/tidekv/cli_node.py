@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -217,6 +218,8 @@ def serve(
         )
         raise typer.Exit(2)
     _install_uvloop()
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # kill -USR1: stacks
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     if embedded:
         err.print(
             f"tidekv: serving the embedded store in {data_dir} on http://{address} "

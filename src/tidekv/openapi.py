@@ -215,6 +215,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": _NODE_ID,
             "address": {"type": "string", "minLength": 1},
+            "raft_address": {"type": "string", "minLength": 1},
         },
     },
 }

@@ -69,10 +69,8 @@ def test_leaders_spread_back_over_a_node_that_lost_them_all(cluster: ProcCluster
         c,
         1,
         "spread within 1.5x",
-        lambda n: (
-            min(n[x] for x in (1, 2, 3)) > 0
-            and max(n.values()) <= 1.5 * min(n[x] for x in (1, 2, 3))
-        ),
+        lambda n: min(n[x] for x in (1, 2, 3)) > 0
+        and max(n.values()) <= 1.5 * min(n[x] for x in (1, 2, 3)),
     )
     assert spread[3] >= 3, spread
     transfers = sum(c.metric(i, "tidekv_leader_balance_transfers_total") or 0 for i in (1, 2, 3))

@@ -10,9 +10,10 @@ no moves: the replicas moved are within 25% of the ideal share (1/6 of them), ev
 shard's real Raft configuration (from its leader) equals the metadata record and the
 ring's placement, node 6's own replicas serve the writes of its shards, every
 acknowledged write reads back (linearizable), and writes were acknowledged while the
-shards moved. Nodes 6 and 2 restart with their replicas and the live metadata. Then node
-6 is decommissioned: the reverse, until it is REMOVED, holds no replica and its replica
-directories are gone.
+shards moved. Nodes 6 and 2 restart with their replicas and the live metadata. Then nodes
+6 and 2 (a metadata voter) are decommissioned: the reverse, until both are REMOVED, hold
+no replica and their replica directories are gone, and the metadata group's voters are
+the 3 that ``choose_meta_voters`` keeps.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def wait_settled(c: ProcCluster, nodes: list[int], want: list[set[int]]) -> dict
     raise AssertionError(f"the moves did not settle: {last}\n{c.logs()}")
 
 
-def test_join_moves_its_share_then_decommission_moves_it_back(tmp_path: Path) -> None:
+def test_join_moves_its_share_then_decommissions_move_shards_away(tmp_path: Path) -> None:
     c = ProcCluster(tmp_path, 5, shards=SHARDS)
     writer = Writer(c)
     try:
@@ -127,24 +128,29 @@ def test_join_moves_its_share_then_decommission_moves_it_back(tmp_path: Path) ->
         assert [set(sh["placed"]) for sh in v6["shards"]] == six
         wait_settled(c, [1, 2, 3, 4, 5, 6], six)
 
-        # -- decommission ----------------------------------------------------------------
+        # -- decommission: node 6, and node 2 (a metadata voter) right after -----------------
         r = c.http.delete(c.url(6) + "/v1/cluster/nodes/6", timeout=30.0)
         assert r.status_code == 200, r.text
         assert r.json()["state"] in ("decommissioning", "removed")
         left_at = time.monotonic()
-        wait_settled(c, [1, 2, 3, 4, 5], five)
-        wait_removed(c, 6)
+        r = c.http.delete(c.url(4) + "/v1/cluster/nodes/2", timeout=30.0)
+        assert r.status_code == 200 and r.json()["state"] == "decommissioning", r.text
+        wait_settled(c, [1, 3, 4, 5], placement([1, 3, 4, 5]))
+        for gone in (6, 2):
+            wait_removed(c, gone)
+        # the metadata group followed choose_meta_voters: 3 of the 4 members left
+        wait_meta_voters(c, [1, 3, 4], hosts=[1, 3, 4, 5])
         removed_at = time.monotonic()
         leaving = [t for _v, t in list(writer.acked.values()) if left_at < t < removed_at]
         writer.wait_acked(20, after=removed_at)
         writer.stop()
         print(
             f"moved {moved} replicas (ideal {ideal:.0f}); join settled in "
-            f"{settled_at - joined_at:.1f} s with {len(during)} writes acked, decommission in "
+            f"{settled_at - joined_at:.1f} s with {len(during)} writes acked, decommissions in "
             f"{removed_at - left_at:.1f} s with {len(leaving)}; {len(writer.acked)} acked, "
             f"{writer.errors} failed attempts"
         )
-        assert leaving, "no write was acknowledged while node 6 was decommissioned"
+        assert leaving, "no write was acknowledged while nodes 6 and 2 were decommissioned"
         assert_all_readable(c, 1, dict(writer.acked))
         # bad input and conflicts answer 4xx with a JSON error
         r = c.http.post(c.url(2) + "/v1/cluster/nodes", json={"id": 3, "address": "127.0.0.1:1"})
@@ -161,6 +167,14 @@ def test_join_moves_its_share_then_decommission_moves_it_back(tmp_path: Path) ->
         )
         assert out.returncode == 2 and "already a member" in out.stderr, out.stderr
         assert not (spare / "node.json").exists()
+        # ... or with another shard count: refused before anything is proposed
+        cmd = serve_command(7, str(spare), c.address(7), f"1={c.address(1)}", "lsm")
+        out = subprocess.run(
+            [*cmd, "--join", "--shards", "8"], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 2 and "not 8 (--shards)" in out.stderr, out.stderr
+        v = c.cluster(1)
+        assert v is not None and 7 not in {n["id"] for n in v["nodes"]}
     finally:
         writer.stop()
         c.close()
@@ -186,6 +200,22 @@ def assert_served_locally(c: ProcCluster, node: int, acked: dict[str, tuple[byte
         if pending:
             time.sleep(0.2)
     assert not pending, f"node {node} does not serve {len(pending)} writes\n{c.logs()}"
+
+
+def wait_meta_voters(c: ProcCluster, want: list[int], hosts: list[int]) -> None:
+    """The metadata group's real voters (from the nodes that host a replica of it) are
+    ``want``, and only they host one."""
+    deadline = time.monotonic() + SETTLE
+    last: Any = None
+    while time.monotonic() < deadline:
+        vs = views(c, hosts)
+        local = sorted(i for i, v in vs.items() if v["meta"]["local"])
+        voters = {tuple(v["meta"]["voters"]) for i, v in vs.items() if v["meta"]["local"]}
+        last = (local, voters)
+        if len(vs) == len(hosts) and local == want and voters == {tuple(want)}:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"metadata voters not {want}: {last}\n{c.logs()}")
 
 
 def wait_removed(c: ProcCluster, node: int) -> None:

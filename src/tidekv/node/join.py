@@ -46,6 +46,11 @@ async def join_sharded(cfg: NodeConfig) -> None:
         while loop.time() < deadline:
             for seed in seeds:
                 try:
+                    # the shard count first: a join it would refuse afterwards would leave
+                    # a member that never starts in the ring
+                    info = await client.get(seed.http_url + "/v1/cluster")
+                    if info.status_code == 200:
+                        _check_shards(cfg, info.json())
                     r = await client.post(seed.http_url + "/v1/cluster/nodes", json=body)
                 except httpx.HTTPError as exc:
                     last = f"{seed.address}: {exc or type(exc).__name__}"
@@ -68,10 +73,18 @@ def _message(r: httpx.Response) -> str:
         return r.text[:200]
 
 
-def _write(cfg: NodeConfig, info: dict[str, Any]) -> None:
-    shards = int(info["shard_count"])
+def _check_shards(cfg: NodeConfig, info: dict[str, Any]) -> int:
+    shards = int(info.get("shard_count", 1))
     if cfg.shards is not None and cfg.shards != shards:
-        raise InvalidInput(f"the cluster has {shards} shards, not {cfg.shards} (--shards)")
+        raise InvalidInput(
+            f"the cluster has {shards} shard(s), not {cfg.shards} (--shards): the shard count "
+            "is fixed when a cluster is created"
+        )
+    return shards
+
+
+def _write(cfg: NodeConfig, info: dict[str, Any]) -> None:
+    shards = _check_shards(cfg, info)
     members = tuple(Peer(int(i), str(a), str(r)) for i, a, r in info["members"])
     ident = Identity(cfg.node_id, str(info["cluster_id"]), cfg.engine, shards, members)
     write_identity(cfg.data_dir, ident)

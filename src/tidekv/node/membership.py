@@ -34,7 +34,8 @@ async def _propose(node: Node, cmd: metadata.Command, timeout: float) -> None:
     if lead is None and meta is None:
         lead = node.meta_leader_hint
         if lead is None:
-            lead = next((v for v in node.meta_voters if v != node.cfg.node_id), None)
+            voters = node.meta_group_voters()
+            lead = next((v for v in voters if v != node.cfg.node_id), None)
     peer = None if lead is None else node.members.get(lead)
     if peer is None:
         raise Unavailable("the metadata group has no leader right now")

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tidekv.errors import TideError
+from tidekv.node.meta import META_GROUP
 from tidekv.raft import ConfChange, ConfChangeType, Message, MessageType, ProposalDropped
 from tidekv.sharding import metadata
 from tidekv.sharding.executor import (
@@ -66,6 +67,7 @@ from tidekv.sharding.metadata import ClusterState, decode_state, encode_state
 from tidekv.sharding.replicas import MAX_INCARNATION, incarnation_of, node_of, replica_id
 
 if TYPE_CHECKING:
+    from tidekv.node.meta import MetaReplica
     from tidekv.node.replica import Replica
     from tidekv.node.server import Node
 
@@ -166,6 +168,7 @@ class Mover:
             return
         now = asyncio.get_running_loop().time()
         self._push(st, now)
+        self._drive_meta(st, now)
         for shard, rep in list(node.replicas.items()):
             if shard >= node.shard_count or not rep.is_leader or shard not in st.shard_map:
                 continue
@@ -283,11 +286,9 @@ class Mover:
             self.node._tell_meta_voters(cmd)
             return
         run.reporting = True
-        self.node._spawn(self._report_local(run, cmd))
+        self.node._spawn(self._report_local(run, meta, cmd))
 
-    async def _report_local(self, run: _Run, cmd: metadata.Command) -> None:
-        meta = self.node.meta
-        assert meta is not None
+    async def _report_local(self, run: _Run, meta: MetaReplica, cmd: metadata.Command) -> None:
         try:
             await meta.propose(cmd, self.node.cfg.request_timeout)
         except TideError as exc:  # refused (stale) or no metadata leader now: next pass
@@ -295,6 +296,66 @@ class Mover:
         finally:
             run.reporting = False
         self.kick()
+
+    # -- the metadata group's own membership ------------------------------------------------
+
+    def _drive_meta(self, st: ClusterState, now: float) -> None:
+        """On the metadata leader: move the metadata group's voters to
+        ``st.meta_voters`` (``choose_meta_voters``: up to 5 ACTIVE members), one change
+        at a time on a settled configuration, adds before removes (as a shard's move):
+        a wanted live member is added as a learner, promoted once caught up, then a voter
+        no longer wanted is removed (leadership moved away first if it is this node).
+        Raft ids of the metadata group are node ids."""
+        meta = self.node.meta
+        if meta is None or not meta.is_leader or not st.meta_voters:
+            return
+        r = meta.raw.raft
+        run = self.runs.setdefault(-1, _Run())
+        for rid in meta.removed:  # a removed member that did not learn it: retire it
+            if now - run.retire_sent.get(rid, -1e9) >= RESEND_SHUTDOWN:
+                run.retire_sent[rid] = now
+                m = Message(MessageType.HEARTBEAT, to=rid, frm=r.id, index=meta.group, commit=rid)
+                self.node.transport.send(RETIRE_GROUP, [m])
+        if r.pending_conf_index > r.log.applied or now - run.last_try < RETRY:
+            return
+        want = set(st.meta_voters)
+        voters, learners = set(r.voters), set(r.learners)
+        cc: ConfChange | None = None
+        ready = [n for n in sorted(learners & want) if r.prs[n].match >= r.log.committed]
+        missing = [
+            n
+            for n in sorted(want - voters - learners)
+            if n not in meta.removed and n in st.members and st.members[n].live
+        ]
+        extra = sorted(voters - want)
+        if ready:
+            cc = ConfChange(ConfChangeType.ADD_VOTER, ready[0])
+        elif missing and not learners:
+            cc = ConfChange(ConfChangeType.ADD_LEARNER, missing[0])
+        elif learners - want:
+            cc = ConfChange(ConfChangeType.REMOVE_NODE, min(learners - want))
+        elif extra and not learners and want <= voters:
+            gone = extra[0]
+            if gone == r.id:
+                heirs = sorted((voters & want) - {r.id})
+                if heirs:
+                    run.last_try = now
+                    log.info(
+                        "metadata group: leadership -> node %d (node %d leaves)", heirs[0], gone
+                    )
+                    meta.raw.transfer_leader(heirs[0])
+                    self.node.wake()
+                return
+            cc = ConfChange(ConfChangeType.REMOVE_NODE, gone)
+        if cc is None:
+            return
+        run.last_try = now
+        try:
+            meta.raw.propose_conf_change(cc)
+        except ProposalDropped:
+            return
+        log.info("metadata group: proposed %s of node %d", cc.type.name.lower(), cc.node_id)
+        self.node.wake()
 
     # -- the metadata push ------------------------------------------------------------------
 
@@ -336,5 +397,8 @@ class Mover:
             node.adopt_state(state, pushed=True)
         elif group == RETIRE_GROUP:
             shard, rid = m.index, m.commit
-            if node_of(rid) == node.cfg.node_id and 0 <= shard < node.shard_count:
+            me = node.cfg.node_id
+            if shard == META_GROUP and rid == me:
+                node.retire_replica(shard, rid, f"out of the metadata group (leader node {frm})")
+            elif node_of(rid) == me and 0 <= shard < node.shard_count:
                 node.retire_replica(shard, rid, f"out of the group (shard leader on node {frm})")

@@ -237,23 +237,30 @@ class Node:
         if pushed is not None and pushed.cluster_id == creation.cluster_id:
             self.cluster = pushed
             self._state_saved = pushed.revision
-        if me in creation.meta_voters:
-            meta = self._open_group(META_GROUP, bootstrap=True)
-            assert isinstance(meta, MetaReplica)
-            self.meta = meta
-            if meta.state.shards and meta.state.revision >= self.cluster.revision:
-                self.cluster = meta.state
-        self._sync_members(self.cluster)
         reg = self.registry = ReplicaRegistry(self.cfg.data_dir)
         if not reg.existed:
             for shard, ss in creation.shard_map.items():
                 if me in ss.voters:
                     reg.live[shard] = replica_id(me)
+            if me in creation.meta_voters:
+                reg.live[META_GROUP] = me
             reg.save()
         for group in self.log.group_ids():  # logs of replicas retired before a crash
-            if group != META_GROUP and group not in reg.live:
+            if group not in reg.live:
                 self._wipe_group(group)
+        if META_GROUP in reg.live:
+            # a creation voter bootstraps it; one added later waits for a snapshot
+            meta = self._open_group(META_GROUP, bootstrap=me in creation.meta_voters)
+            assert isinstance(meta, MetaReplica)
+            self.meta = meta
+            if me in meta.removed:  # it applied its own removal, then the node stopped
+                self.retire_replica(META_GROUP, me, "removed before the restart")
+            if meta.state.shards and meta.state.revision >= self.cluster.revision:
+                self.cluster = meta.state
+        self._sync_members(self.cluster)
         for shard, rid in sorted(reg.live.items()):
+            if shard == META_GROUP:
+                continue
             rep = self._open_group(shard, bootstrap=incarnation_of(rid) == 0, raft_id=rid)
             if rid in rep.removed:  # it applied its own removal, then the node stopped
                 self.retire_replica(shard, rid, "removed before the restart")
@@ -335,7 +342,7 @@ class Node:
                 frm=self.cfg.node_id,
                 entries=[Entry(term=0, index=0, kind=EntryKind.NORMAL, data=data)],
             )
-            for v in self.meta_voters
+            for v in self.meta_group_voters(every=True)
             if v != self.cfg.node_id
         ]
         self.transport.send(META_GROUP, msgs)
@@ -427,7 +434,9 @@ class Node:
         if not self.sharded:
             rep = Replica(**kw)
         elif group == META_GROUP:
-            rep = MetaReplica(on_state=self._on_meta_state, **kw)
+            rep = MetaReplica(
+                on_state=self._on_meta_state, on_removed=self._on_replica_removed, **kw
+            )
         else:
             rep = Replica(
                 peer_of=self.peer_of_replica,
@@ -545,9 +554,12 @@ class Node:
                 if rep is None:
                     continue  # a liveness ping, or a group (incarnation) not hosted here
             stepped = True
-            if m.frm in rep.removed or (rep.node_of is None and frm in rep.removed):
+            if (m.frm in rep.removed or (rep.node_of is None and frm in rep.removed)) and not (
+                group == META_GROUP and m.type is MessageType.PROPOSE
+            ):
                 # a removed member (still running, or restarted on its old data) must not
-                # disturb the group: no votes for it, no acks counted from it
+                # disturb the group: no votes for it, no acks counted from it (a node that
+                # left the metadata group still reports to it: its proposals are taken)
                 rep.stats["from_removed"] += 1
                 continue
             try:
@@ -674,7 +686,11 @@ class Node:
         me = self.cfg.node_id
         for nid, m in state.members.items():
             known = self.members.get(nid)
-            if known is not None and known.address == m.address:
+            if (
+                known is not None
+                and known.address == m.address
+                and m.raft_address in ("", known.raft_address)
+            ):
                 continue
             try:
                 raft = m.raft_address or default_raft_address(m.address)
@@ -696,12 +712,14 @@ class Node:
             if group in (CLUSTER_GROUP, RETIRE_GROUP) and self.sharded:
                 self.mover.on_control(frm, group, m)
             return None
-        if not self.sharded or self._closing or not 0 <= group < self.shard_count:
-            return None
-        rid = m.to
-        if node_of(rid) != self.cfg.node_id or m.type not in _LEADER_MESSAGES:
+        if not self.sharded or self._closing or m.type not in _LEADER_MESSAGES:
             return None
         reg = self.registry
+        if group == META_GROUP:
+            return self._maybe_join_meta(m)
+        rid = m.to
+        if not 0 <= group < self.shard_count or node_of(rid) != self.cfg.node_id:
+            return None
         if reg is None or not reg.may_create(group, rid):
             return None
         if rep is not None:
@@ -715,6 +733,37 @@ class Node:
         reg.add(group, rid)
         return self._open_group(group, bootstrap=False, raft_id=rid)
 
+    def _maybe_join_meta(self, m: Message) -> Replica | None:
+        """The metadata leader added this node to the metadata group (Raft ids there are
+        node ids): open an empty replica that waits for its snapshot, unless this node
+        was removed from the group before (it never comes back)."""
+        reg = self.registry
+        me = self.cfg.node_id
+        if reg is None or m.to != me or self.meta is not None or META_GROUP in reg.tombstones:
+            return None
+        if META_GROUP in self._retiring:
+            return None
+        log.info("joining the metadata group (added by node %d)", m.frm)
+        self._wipe_group(META_GROUP)
+        reg.add(META_GROUP, me)
+        meta = self._open_group(META_GROUP, bootstrap=False)
+        assert isinstance(meta, MetaReplica)
+        self.meta = meta
+        return meta
+
+    def meta_group_voters(self, *, every: bool = False) -> list[int]:
+        """The metadata group's voters: its real configuration where this node has a
+        replica, else the metadata's choice (``every``: with the creation voters too, for
+        a message that must reach the group whatever its state)."""
+        st = self.cluster
+        if self.meta is not None and self.meta.raw.raft.voters:
+            out = set(self.meta.raw.raft.voters)
+        else:
+            out = set(st.meta_voters if st is not None else self.meta_voters)
+        if every:
+            out |= set(self.meta_voters) | set(st.meta_voters if st is not None else ())
+        return sorted(out)
+
     def _on_replica_removed(self, rep: Replica) -> None:
         """``rep`` applied its own removal: it is out of a committed configuration."""
         self.retire_replica(rep.group, rep.raw.raft.id, "it applied its own removal")
@@ -725,10 +774,11 @@ class Node:
         if self.registry is None:
             return
         rep = self.replicas.get(group)
+        if group == META_GROUP and (rep is None or rep.raw.raft.id != rid):
+            return
         if rep is None or rep.raw.raft.id != rid:
-            if incarnation_of(rid) < 0 or not self.registry.may_create(group, rid):
-                return
-            self.registry.retire(group, rid)  # a later stale message will not create it
+            if self.registry.may_create(group, rid):
+                self.registry.retire(group, rid)  # a later stale message will not create it
             return
         self._retiring[group] = (rid, why)
         self.wake()
@@ -744,6 +794,8 @@ class Node:
             log.info("shard %d: retiring replica %x (%s)", group, rid, why)
             reg.retire(group, rid)  # durable first: it never comes back
             del self.replicas[group]
+            if group == META_GROUP:
+                self.meta = None  # the pushed metadata keeps this node informed
             rep.close()
             self.leader_hint.pop(group, None)
             self.mover.forget(group)

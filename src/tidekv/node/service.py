@@ -599,6 +599,7 @@ class NodeService:
                 leads[lead] = leads.get(lead, 0) + 1
             shards.append(info)
         nodes = []
+        meta_voters = node.meta_group_voters()
         for nid, m in sorted(st.members.items()):
             peer = node.members.get(nid)
             nodes.append(
@@ -611,7 +612,7 @@ class NodeService:
                     "down_since": m.down_since,
                     "heard_ago": node.heard_ago(nid),
                     "reachable": nid == me or node.transport.connected(nid),
-                    "meta_voter": nid in node.meta_voters,
+                    "meta_voter": nid in meta_voters,
                     "leads": leads.get(nid, 0),
                 }
             )
@@ -639,7 +640,7 @@ class NodeService:
             "nodes": nodes,
             "shards": shards,
             "meta": {
-                "voters": list(node.meta_voters),
+                "voters": meta_voters,
                 "leader": meta_lead,
                 "term": None if meta is None else meta.raw.raft.term,
                 "revision": st.revision,
