@@ -154,6 +154,7 @@ def test_sigkill_re_replicates_to_the_replication_factor_and_the_node_comes_back
         assert_served_locally(c, dead, mine)
         writer.wait_acked(20, after=back_at)
         writer.stop()
+        meta = (c.cluster(live[0]) or {}).get("meta", {})
         assert_all_readable(c, dead, dict(writer.acked))
         print(
             f"node {dead} (metadata leader) killed: marked down after "
@@ -162,7 +163,8 @@ def test_sigkill_re_replicates_to_the_replication_factor_and_the_node_comes_back
             f"re-created, settled {settled_at - killed_at:.1f} s after the kill with "
             f"{len(during)} writes acked meanwhile; restarted: up after "
             f"{up_at - restarted_at:.1f} s, its share back after {back_at - restarted_at:.1f} s; "
-            f"{len(writer.acked)} writes acked, {writer.errors} failed attempts"
+            f"{len(writer.acked)} writes acked, {writer.errors} failed attempts; metadata "
+            f"voters now {meta.get('voters')}"
         )
     finally:
         writer.stop()
