@@ -28,7 +28,7 @@ from tidekv.sharding.keys import shard_of
 from tidekv.sharding.ring import DEFAULT_VNODES, Ring
 
 from .proc_cluster import ProcCluster
-from .test_sharded_join import assert_served_locally
+from .test_sharded_join import assert_served_locally, real_configs
 from .writers import Writer, assert_all_readable
 
 SHARDS = 16
@@ -41,17 +41,6 @@ SETTLE = 240.0  # a wait for a condition, generous for a loaded machine
 def placement(nodes: list[int]) -> list[set[int]]:
     ring = Ring({n: 1 for n in nodes}, DEFAULT_VNODES)
     return [set(r) for r in ring.place(SHARDS, REPLICATION).replicas]
-
-
-def real_configs(c: ProcCluster, nodes: list[int]) -> dict[int, tuple[set[int], set[int]]]:
-    """Every shard's (voters, learners) as its leader's Raft core has them."""
-    out: dict[int, tuple[set[int], set[int]]] = {}
-    for i in nodes:
-        v = c.cluster(i)
-        for sh in [] if v is None else v["shards"]:
-            if sh.get("local") and sh["leader"] == i:
-                out[sh["id"]] = (set(sh["replicas"]), set(sh["learners"]))
-    return out
 
 
 def wait_settled(c: ProcCluster, nodes: list[int], want: list[set[int]]) -> dict[str, Any]:
