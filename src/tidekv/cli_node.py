@@ -183,6 +183,22 @@ def serve(
             "before answering 503 (default: two election timeouts + 1 s).",
         ),
     ] = None,
+    down_after: Annotated[
+        float,
+        typer.Option(
+            "--down-after",
+            help="Sharded clusters: seconds of silence before the metadata leader marks "
+            "a node down (the metadata leader's setting counts).",
+        ),
+    ] = 10.0,
+    evict_after: Annotated[
+        float,
+        typer.Option(
+            "--evict-after",
+            help="Sharded clusters: seconds a node stays down before its replicas are "
+            "re-created on other nodes (the metadata leader's setting counts).",
+        ),
+    ] = 300.0,
     compact_every: Annotated[
         int, typer.Option("--compact-every", hidden=True, help="Raft log compaction period.")
     ] = 10_000,
@@ -218,7 +234,10 @@ def serve(
             balance_leaders=balance_leaders,
             leader_wait=leader_wait,
             shards=shards,
+            down_after=down_after,
+            evict_after=evict_after,
         )
+        cfg.check_liveness()
         cfg.me()
         cfg.initial_peers()
         from tidekv.storage import engine_class

@@ -41,3 +41,23 @@ def test_bad_arguments_exit_2_with_one_line(args: list[str], tmp_path: object) -
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--down-after", "0"], "--down-after must be a positive"),
+        (["--down-after", "nan"], "--down-after must be a positive"),
+        (["--down-after", "0.2"], "--down-after must be at least the election timeout"),
+        (["--evict-after", "-5"], "--evict-after must be a positive"),
+        (["--evict-after", "inf"], "--evict-after must be a positive"),
+        (["--evict-after", "1e9"], "--evict-after must be at most"),
+    ],
+)
+def test_bad_liveness_delays_exit_2_naming_the_option(
+    args: list[str], named: str, tmp_path: object
+) -> None:
+    r = tide("serve", *args, "--data-dir", str(tmp_path))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert f"error: {named}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

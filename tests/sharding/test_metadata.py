@@ -101,6 +101,19 @@ def test_a_long_outage_re_replicates_and_a_return_moves_the_share_back() -> None
     assert [set(s.shard_map[i].voters) for i in range(64)] == [set(r) for r in want.replicas]
 
 
+def test_no_eviction_without_a_node_to_re_replicate_on() -> None:
+    s = _cluster(4)
+    assert apply(s, MarkDown(4, at=0)) is None
+    assert evictions(s, now=1000, down_after=600) == [Evict(4)]  # 3 members remain
+    assert apply(s, Evict(4)) is None
+    assert apply(s, MarkDown(3, at=0)) is None
+    # only 2 would remain for 3 replicas: node 3's replicas stay where they are
+    assert evictions(s, now=10**6, down_after=600) == []
+    s3 = _cluster(3)
+    assert apply(s3, MarkDown(1, at=0)) is None
+    assert evictions(s3, now=10**6, down_after=600) == []
+
+
 def test_refused_commands_change_nothing() -> None:
     s = _cluster(3)
     before = encode_state(s)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from tidekv.sharding.keys import check_shards
 NODE_FILE = "node.json"
 DEFAULT_HTTP = "127.0.0.1:7070"
 RAFT_PORT_OFFSET = 100
+MAX_LIVENESS_DELAY = 7 * 24 * 3600.0
+"""The longest ``--down-after``/``--evict-after`` accepted (seconds)."""
 
 NODE_DEFAULT_SHARDS = 64
 """The shard count of a new cluster when ``--shards`` is not given (the issue's default,
@@ -158,9 +161,34 @@ class NodeConfig:
     quiesce: bool = True
     """Idle groups stop ticking and heartbeating (docs/raft.md, "Quiescence"); the
     environment variable TIDEKV_QUIESCE=0 turns it off too."""
+    down_after: float = 10.0
+    """Sharded clusters: seconds a member may stay silent (no frame of any kind reaches
+    the metadata leader) before it is marked down (docs/sharding.md, "Failure
+    handling"). The metadata leader's value is the one that counts."""
+    evict_after: float = 300.0
+    """Sharded clusters: seconds a member stays marked down before it is evicted from
+    the ring and its replicas are re-created on other nodes. The metadata leader's value
+    is the one that counts."""
 
     def me(self) -> Peer:
         return Peer.make(self.node_id, self.address, self.raft_address)
+
+    def check_liveness(self) -> None:
+        """``down_after`` and ``evict_after`` are usable (InvalidInput names the option)."""
+        election = self.election_tick * self.tick_ms / 1000
+        for name, value in (("--down-after", self.down_after), ("--evict-after", self.evict_after)):
+            if not math.isfinite(value) or value <= 0:
+                raise InvalidInput(f"{name} must be a positive number of seconds", value=value)
+            if value > MAX_LIVENESS_DELAY:
+                raise InvalidInput(
+                    f"{name} must be at most {MAX_LIVENESS_DELAY:.0f} s (7 days)", value=value
+                )
+        if self.down_after < election:
+            raise InvalidInput(
+                f"--down-after must be at least the election timeout ({election:g} s with "
+                f"--tick-ms {self.tick_ms}): a shorter silence is ordinary",
+                value=self.down_after,
+            )
 
     def initial_peers(self) -> dict[int, Peer]:
         if self.join:

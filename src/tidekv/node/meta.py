@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -37,6 +38,7 @@ META_GROUP = 1 << 16
 group ``s`` and an unsharded cluster's one group keeps id 0."""
 
 STATE_KEY = meta_key("cluster")
+_MEMBER_CHANGES = (metadata.MarkDown, metadata.MarkUp, metadata.Evict)
 
 
 class MetaEntry(msgspec.Struct, array_like=True, frozen=True):
@@ -88,6 +90,9 @@ class MetaReplica(Replica):
         super().__init__(**kw)
         self._on_state = on_state
         self.state: ClusterState = load_state(self.engine) or ClusterState()
+        self.member_changes: Counter[tuple[str, int]] = Counter()
+        """(``MarkDown``/``MarkUp``/``Evict``, node) -> how many this replica applied
+        since the process started (the ``tidekv_nodes_marked_*``/``evictions`` metrics)."""
 
     def _renamed(self, p: tuple[bytes, int, bytes], term: int) -> tuple[bytes, int, bytes]:
         return (p[0], term, p[2])  # a metadata command carries no time and no term
@@ -130,7 +135,10 @@ class MetaReplica(Replica):
                 continue
             if e.kind is EntryKind.NORMAL and e.data:
                 me = _dec.decode(e.data)
-                err = metadata.apply(self.state, metadata.decode_command(me.command))
+                cmd = metadata.decode_command(me.command)
+                err = metadata.apply(self.state, cmd)
+                if err is None and isinstance(cmd, _MEMBER_CHANGES):
+                    self.member_changes[(type(cmd).__name__, cmd.node)] += 1
                 # a refused command changes nothing, but the applied index still moves
                 sm.mark_applied(e.index, [] if err is not None else [state_op(self.state)])
                 changed = changed or err is None

@@ -35,7 +35,9 @@ the node pings each peer node once (one tiny message on the pseudo-group
 :data:`LIVENESS_GROUP`, riding the per-destination frame, for all groups at once); a
 peer not heard from (any frame counts) for an election timeout, or whose connection the
 transport reports lost, is silent, and every quiesced replica whose leader is on it is
-woken (``RawNode.unquiesce``) and elects a new leader as usual.
+woken (``RawNode.unquiesce``) and elects a new leader as usual. On a sharded node the
+pings also feed the failure detector (node/failures.py), so they run there even with
+quiescence off.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from tidekv.node.config import (
     default_raft_address,
     load_or_create_identity,
 )
+from tidekv.node.failures import FailureWatch, StepFreeClock
 from tidekv.node.logstore import GroupStorage, NodeLog
 from tidekv.node.meta import (
     META_GROUP,
@@ -166,6 +169,8 @@ class Node:
         self._heard: dict[int, float] = {}
         """Peer node id -> loop time of the last frame received from it."""
         self._started = 0.0
+        self.failures: FailureWatch | None = None
+        """The failure detector's driver (sharded clusters; it acts on the metadata leader)."""
         # -- moves (sharded clusters; docs/sharding.md "Joining and leaving") -------------
         self.mover = Mover(self)
         self.registry: ReplicaRegistry | None = None
@@ -297,6 +302,20 @@ class Node:
         self._spawn(self.mover.run())
         if self.cfg.balance_leaders:
             self._spawn(self._balance_leaders())
+        self._start_failure_watch()
+
+    def _start_failure_watch(self) -> None:
+        """Failure handling (node/failures.py): the metadata leader marks silent members
+        down, up again, and evicts the long-down ones; the pings that feed it run on
+        every sharded node (:attr:`pings_peers`)."""
+        self.failures = FailureWatch(self, StepFreeClock(asyncio.get_running_loop().time()))
+        self._spawn(self.failures.run())
+
+    @property
+    def pings_peers(self) -> bool:
+        """Node-level liveness pings: for quiescence, and on every sharded node for the
+        failure detector (every node pings every member node, group or no group)."""
+        return self.quiesce or self.sharded
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -621,7 +640,7 @@ class Node:
                 raw.tick()
                 dirty[group] = None
         self._ticks += 1
-        if self.quiesce and self._ticks % self.cfg.heartbeat_tick == 0:
+        if self.pings_peers and self._ticks % self.cfg.heartbeat_tick == 0:
             self._ping_peers()
         if dirty:
             self._wake_ev.set()
@@ -661,11 +680,21 @@ class Node:
             log.info("woke %d quiesced groups led by silent node(s) %s", woke, sorted(nodes))
             self._wake_ev.set()
 
+    def heard_ago(self, node: int) -> float | None:
+        """Seconds since a frame last came from ``node`` (0 for this node; None: never
+        heard, or liveness pings off)."""
+        if node == self.cfg.node_id:
+            return 0.0
+        heard = self._heard.get(node)
+        if heard is None:
+            return None
+        return round(asyncio.get_running_loop().time() - heard, 3)
+
     def groups_quiesced(self) -> int:
         return sum(rep.raw.quiesced for rep in self.replicas.values())
 
     def _on_messages(self, frm: int, msgs: list[tuple[int, Message]]) -> None:
-        if self.quiesce:
+        if self.pings_peers:
             self._heard[frm] = asyncio.get_running_loop().time()
         stepped = False
         for group, m in msgs:

@@ -22,13 +22,13 @@ import asyncio
 import base64
 import heapq
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import httpx
 import msgspec
 import prometheus_client
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from tidekv.errors import (
@@ -47,6 +47,7 @@ from tidekv.raft import NONE, ConfChange, ConfChangeType, Role
 from tidekv.scatter import HTTPShards, Scatter
 from tidekv.service import CONSISTENCY_LEVELS, Consistency
 from tidekv.sharding.keys import hash_tag, shard_of
+from tidekv.sharding.metadata import MemberState
 from tidekv.sharding.replicas import node_of
 from tidekv.sharding.scatter import ListingMerge, ShardPage, WatchCursor, successor
 from tidekv.statemachine import WriteResult
@@ -139,7 +140,10 @@ class NodeService:
         candidates = [] if st is None else list(st.shard_map[shard].voters)
         if lead is not None:
             candidates.insert(0, lead)
-        ids = dict.fromkeys(n for n in candidates if n != me and n in node.members)
+        ids = list(dict.fromkeys(n for n in candidates if n != me and n in node.members))
+        # the nodes the metadata marked down last (still tried: the mark may be stale)
+        down = set() if st is None else st.down()
+        ids.sort(key=lambda n: n in down)
         return lead, [node.members[n] for n in ids]
 
     # -- writes -----------------------------------------------------------------------------
@@ -620,6 +624,7 @@ class NodeService:
         me = node.cfg.node_id
         shards = []
         leads: dict[int, int] = {}
+        down = st.down()
         for s in range(node.shard_count):
             ss = st.shard_map[s]
             rep = node.replicas.get(s)
@@ -651,7 +656,8 @@ class NodeService:
                     }
             else:
                 seen = st.leaders.get(s)
-                lead = None if seen is None else seen.node
+                # a leader seen on a node now marked down is no leader to route to
+                lead = None if seen is None or seen.node in down else seen.node
                 info = {
                     "id": s,
                     "leader": lead,
@@ -678,6 +684,8 @@ class NodeService:
                     "raft_address": None if peer is None else peer.raft_address,
                     "state": m.state.value,
                     "live": m.live,
+                    "down_since": m.down_since,
+                    "heard_ago": node.heard_ago(nid),
                     "reachable": nid == me or node.transport.connected(nid),
                     "meta_voter": nid in meta_voters,
                     "leads": leads.get(nid, 0),
@@ -709,8 +717,11 @@ class NodeService:
             "meta": {
                 "voters": meta_voters,
                 "leader": meta_lead,
+                "term": None if meta is None else meta.raw.raft.term,
                 "revision": st.revision,
                 "local": meta is not None,
+                "down_after": node.cfg.down_after,
+                "evict_after": node.cfg.evict_after,
             },
             "moves": moves,
         }
@@ -956,6 +967,7 @@ class _NodeCollector(Collector):
             "it replicates and the metadata leader does not",
             value=node.stats["balance_hints"],
         )
+        yield from _member_metrics(node)
         yield CounterMetricFamily("tidekv_wal_fsyncs", "WAL fsyncs", value=node.stats["fsyncs"])
         yield CounterMetricFamily(
             "tidekv_node_loops", "Turns of the node loop", value=node.stats["loops"]
@@ -967,3 +979,44 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily(
             "tidekv_transport_messages_sent", "Raft messages sent to peers", value=t.msgs_sent
         )
+
+
+def _member_metrics(node: Node) -> Iterator[Metric]:
+    """Failure handling on a sharded node (docs/sharding.md, "Failure handling")."""
+    if not node.sharded or node.cluster is None:
+        return
+    st = node.cluster
+    members = [m for m in st.members.values() if m.state is not MemberState.REMOVED]
+    yield GaugeMetricFamily(
+        "tidekv_nodes_down",
+        "Members marked down in this node's view of the metadata",
+        value=sum(not m.live for m in members),
+    )
+    yield GaugeMetricFamily(
+        "tidekv_nodes_evicted",
+        "Members evicted from the ring (down too long) in this node's view of the metadata",
+        value=sum(m.state is MemberState.EVICTED for m in members),
+    )
+    heard = GaugeMetricFamily(
+        "tidekv_peer_heard_age_seconds",
+        "Seconds since this node last received a frame from the member",
+        labels=["node"],
+    )
+    for m in members:
+        age = node.heard_ago(m.id)
+        if age is not None and m.id != node.cfg.node_id:
+            heard.add_metric([str(m.id)], age)
+    yield heard
+    changes = node.meta.member_changes if node.meta is not None else {}
+    for kind, name, text in (
+        ("MarkDown", "tidekv_nodes_marked_down", "MarkDown commands applied"),
+        ("MarkUp", "tidekv_nodes_marked_up", "MarkUp commands applied"),
+        ("Evict", "tidekv_evictions", "Evict commands applied (re-replication)"),
+    ):
+        c = CounterMetricFamily(
+            name, f"{text} by this node's metadata replica, since it started", labels=["node"]
+        )
+        for (k, nid), n in sorted(changes.items()):
+            if k == kind:
+                c.add_metric([str(nid)], n)
+        yield c

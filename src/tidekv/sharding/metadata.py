@@ -29,7 +29,8 @@ out of the ring) -> ACTIVE again when it comes back up (the ring moves its share
 A node that is down but not evicted stays in the ring: a short outage moves nothing.
 
 Re-replication is the pure :func:`evictions`: given the state, the current time and the
-delay, the ``Evict`` commands the metadata leader should propose.
+delay, the ``Evict`` commands the metadata leader should propose (none while the ring
+would keep fewer members than the replication factor: nowhere to re-create replicas).
 
 The metadata group's voters are chosen by :func:`choose_meta_voters`: the largest odd
 number up to 5 of ACTIVE members, keeping the current ones (no needless churn), then
@@ -453,7 +454,10 @@ def choose_meta_voters(state: ClusterState, max_voters: int = MAX_META_VOTERS) -
 
 def evictions(state: ClusterState, now: int, down_after: int) -> list[Evict]:
     """Members down for at least ``down_after`` (in the unit of ``at``) at ``now``: their
-    replicas should be re-created elsewhere. Never evicts the last member of the ring."""
+    replicas should be re-created elsewhere. Only while the ring keeps at least the
+    replication factor (and one) of members without them: with no node to re-create a
+    replica on, evicting would only take a voter out of each of its shards, and a shard
+    that then loses another could not take the node back when it returns."""
     out: list[Evict] = []
     ring = set(state.ring_members())
     for m in sorted(state.members.values(), key=lambda m: m.id):
@@ -462,7 +466,7 @@ def evictions(state: ClusterState, now: int, down_after: int) -> list[Evict]:
             and not m.live
             and m.down_since is not None
             and now - m.down_since >= down_after
-            and len(ring) > 1
+            and len(ring) > max(1, state.replication)
         ):
             out.append(Evict(m.id))
             ring.discard(m.id)
