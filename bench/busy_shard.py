@@ -122,7 +122,11 @@ async def _micro(groups: int, calls: int) -> dict[str, float]:
     port = free_base_port(1)
     node = Node(
         NodeConfig(
-            data_dir=tmp, address="127.0.0.1:1", raft_address=f"127.0.0.1:{port}", tick_ms=10
+            data_dir=tmp,
+            address="127.0.0.1:1",
+            raft_address=f"127.0.0.1:{port}",
+            tick_ms=10,
+            shards=1,  # the extra groups are an unsharded node's
         )
     )
     try:
