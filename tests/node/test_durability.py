@@ -7,12 +7,14 @@ cannot win the election)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tidekv.sharding.keys import shard_of
 
-from .proc_cluster import DEADLINE, ProcCluster
+from .proc_cluster import DEADLINE, ProcCluster, running
 from .writers import Writer, assert_all_readable, wait_caught_up
 
 pytestmark = pytest.mark.timeout(240)
@@ -30,6 +32,15 @@ def every_shard_led(c: ProcCluster, node: int, among: list[int]) -> dict[int, in
                 return leaders
         time.sleep(0.1)
     raise AssertionError(f"not every shard led by one of {among}\n{c.logs()}")
+
+
+@pytest.fixture
+def trio(tmp_path: Path) -> Iterator[ProcCluster]:
+    """Three nodes on the default shard count, without leader balancing: what this test
+    reads is who the elections chose (a balancing transfer would later, and rightly, hand
+    a shard to the restarted stale node once it has caught up)."""
+    with running(tmp_path, 3, shards=None, extra_args=("--no-balance-leaders",)) as c:
+        yield c
 
 
 def test_acked_writes_survive_the_leader_and_a_follower_killed_at_once(trio: ProcCluster) -> None:
