@@ -110,7 +110,7 @@ def test_writes_and_reads_ride_out_leadership_transfers(tmp_path: Path) -> None:
 
 
 async def writes_and_reads_ride_out(tmp_path: Path) -> None:
-    async with nodes_up(tmp_path, 3) as nodes:
+    async with nodes_up(tmp_path, 3, shards=1) as nodes:
         await until(lambda: leader_of(nodes, DATA_GROUP) is not None, "a leader")
         services = {x.cfg.node_id: NodeService(x) for x in nodes}
         acked: dict[str, int] = {}
