@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from tidekv.sharding.keys import shard_of
 from tidekv.sharding.ring import DEFAULT_VNODES, Ring
 
 from .proc_cluster import ProcCluster
-from .test_sharded_join import assert_served_locally, real_configs
+from .test_sharded_join import assert_served_locally, wait_settled
 from .writers import Writer, assert_all_readable
 
 SHARDS = 16
@@ -41,25 +40,6 @@ SETTLE = 240.0  # a wait for a condition, generous for a loaded machine
 def placement(nodes: list[int]) -> list[set[int]]:
     ring = Ring({n: 1 for n in nodes}, DEFAULT_VNODES)
     return [set(r) for r in ring.place(SHARDS, REPLICATION).replicas]
-
-
-def wait_settled(c: ProcCluster, nodes: list[int], want: list[set[int]]) -> dict[str, Any]:
-    """Until a live node's metadata shows no move, every record is ``want``, and every
-    shard's leader (on one of ``nodes``) has exactly that configuration."""
-    deadline = time.monotonic() + SETTLE
-    last: Any = None
-    while time.monotonic() < deadline:
-        v = c.cluster(nodes[0])
-        if v is not None and not v["moves"]:
-            records = [set(sh["placed"]) for sh in v["shards"]]
-            real = real_configs(c, nodes)
-            last = (records == want, len(real), [s for s in real if real[s] != (want[s], set())])
-            if records == want and len(real) == SHARDS and not last[2]:
-                return v
-        else:
-            last = None if v is None else [(m["shard"], m["step"]) for m in v["moves"]][:8]
-        time.sleep(0.25)
-    raise AssertionError(f"the moves did not settle: {last}\n{c.logs()}")
 
 
 def member_state(c: ProcCluster, i: int, nid: int) -> tuple[str, bool] | None:
@@ -118,7 +98,7 @@ def test_sigkill_re_replicates_to_the_replication_factor_and_the_node_comes_back
         evicted_at = wait_member(c, live, dead, ("evicted", False))
         four = placement(live)
         assert all(len(r) == REPLICATION and dead not in r for r in four)
-        wait_settled(c, live, four)
+        wait_settled(c, live, four, SETTLE)
         settled_at = time.monotonic()
         moved = sum(len(after - before) for before, after in zip(five, four, strict=True))
         assert moved == len(held), (moved, held)  # only the dead node's replicas moved
@@ -135,7 +115,7 @@ def test_sigkill_re_replicates_to_the_replication_factor_and_the_node_comes_back
         restarted_at = time.monotonic()
         c.start(dead)
         up_at = wait_member(c, list(range(1, 6)), dead, ("active", True))
-        wait_settled(c, list(range(1, 6)), five)
+        wait_settled(c, list(range(1, 6)), five, SETTLE)
         back_at = time.monotonic()
         acked = dict(writer.acked)
         mine = {k: vt for k, vt in acked.items() if dead in five[shard_of(k, SHARDS)]}

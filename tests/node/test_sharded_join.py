@@ -63,18 +63,21 @@ def real_configs(c: ProcCluster, nodes: list[int]) -> dict[int, tuple[set[int], 
     return out
 
 
-def wait_settled(c: ProcCluster, nodes: list[int], want: list[set[int]]) -> dict[str, Any]:
-    """Until node 1's metadata shows no move, every record is the ring's placement of
-    ``nodes``, and every shard's leader has exactly that configuration."""
-    deadline = time.monotonic() + SETTLE
+def wait_settled(
+    c: ProcCluster, nodes: list[int], want: list[set[int]], settle: float = SETTLE
+) -> dict[str, Any]:
+    """Until ``nodes[0]``'s metadata shows no move, every record is ``want`` (one set per
+    shard: the ring's placement), and every shard's leader (on one of ``nodes``) has
+    exactly that configuration."""
+    deadline = time.monotonic() + settle
     last: Any = None
     while time.monotonic() < deadline:
-        v = c.cluster(1)
+        v = c.cluster(nodes[0])
         if v is not None and not v["moves"]:
             records = [set(sh["placed"]) for sh in v["shards"]]
             real = real_configs(c, nodes)
             last = (records == want, len(real), [s for s in real if real[s] != (want[s], set())])
-            if records == want and len(real) == SHARDS and not last[2]:
+            if records == want and len(real) == len(want) and not last[2]:
                 return v
         else:
             last = None if v is None else [(m["shard"], m["step"]) for m in v["moves"]][:8]
